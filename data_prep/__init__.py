@@ -1,0 +1,4 @@
+"""Raw MSD / ACDC downloads -> dataset.json, splits.json, fingerprint.json.
+
+Lands with the training issue (``medseg prepare``); nothing here yet.
+"""

@@ -1,0 +1,1 @@
+"""The ``medseg`` command line. Entry point: :func:`medseg.cli.main.main`."""

@@ -1,0 +1,43 @@
+"""The preview PNG: a montage of slices through the object with the label overlay."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.io.volume import Volume
+from medseg.transforms.planes import PlaneView
+from medseg.viz import (
+    apply_window,
+    montage,
+    overlay_labels,
+    percentile_window,
+    pick_slices,
+    png_bytes,
+    resample_aspect,
+)
+
+
+def render_preview(
+    volume: Volume,
+    labels: np.ndarray,
+    axis: str,
+    *,
+    window: tuple[float, float] | None = None,
+    count: int = 8,
+    opacity: float = 0.45,
+) -> bytes:
+    """PNG bytes of up to ``count`` ``axis`` slices spread over the object (display orientation).
+
+    ``labels`` is ``(X, Y, Z)`` on the volume's grid; ``window`` is ``(level, width)`` or None for
+    the MR percentile window.
+    """
+    view = PlaneView.from_affine(volume.affine, volume.spatial_shape, axis)
+    image = volume.array if volume.array.ndim == 3 else volume.array[0]
+    level, width = window if window is not None else percentile_window(image)
+    img_stack, lab_stack = view.stack(image), view.stack(labels)
+    tiles = []
+    for index in pick_slices(lab_stack, count):
+        grey = apply_window(img_stack[index], level, width)
+        rgb = overlay_labels(grey, np.ascontiguousarray(lab_stack[index]), opacity=opacity)
+        tiles.append(resample_aspect(rgb, view.pixel_spacing))
+    return png_bytes(montage(tiles, columns=4))

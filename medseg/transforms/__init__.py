@@ -1,0 +1,1 @@
+"""Transforms medseg needs beyond MONAI: display planes now; prompts and degradations later."""

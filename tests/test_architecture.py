@@ -1,0 +1,68 @@
+"""Package rules from DESIGN.md: import edges, a light ``import medseg``, our ``kernels``."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# package -> medseg packages it may import (errors is a leaf every layer may use)
+ALLOWED = {
+    "io": {"io", "errors"},
+    "transforms": {"transforms", "io", "errors"},
+    "models": {"models", "errors"},
+    "inference": {"inference", "engine", "io", "transforms", "models", "errors"},
+    "viz": {"viz", "transforms", "errors"},
+    "cli": None,  # top layer
+}
+
+
+def _medseg_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    found = set()
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "medseg" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_import_edges(package):
+    allowed = ALLOWED[package]
+    base = ROOT / "medseg" / package
+    files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
+    for path in files:
+        used = _medseg_imports(path)
+        if allowed is not None:
+            assert used <= allowed, f"{path.relative_to(ROOT)} imports {sorted(used - allowed)}"
+        if package == "models":
+            text = path.read_text()
+            assert "import lightning" not in text and "from lightning" not in text
+
+
+def test_import_medseg_is_light():
+    code = (
+        "import sys, medseg, medseg.io, medseg.viz, medseg.transforms.planes, medseg.errors;"
+        "heavy = {'torch', 'gradio', 'sam2', 'SimpleITK', 'triton', 'lightning', 'monai'};"
+        "print(sorted(heavy & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_kernels_is_ours():
+    import kernels
+
+    assert Path(kernels.__file__).resolve().is_relative_to(ROOT)
