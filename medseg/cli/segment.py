@@ -108,6 +108,7 @@ def segment_file(args: argparse.Namespace, *, name: str | None = None):
         nan_policy=args.nan_policy,
     )
     prompt = build_prompt(args, volume)
+    check_prompt(prompt, volume)
     name = name or case_name(args.input)
     out_paths = prepare_outputs(
         args.output,
@@ -145,6 +146,20 @@ def build_prompt(args: argparse.Namespace, volume):
     points = [(p[0], p[1], int(p[2])) for p in args.point]
     box = tuple(args.box) if args.box is not None else None
     return Prompt(axis=args.axis, slice_index=args.slice, box=box, points=points)
+
+
+def check_prompt(prompt, volume) -> None:
+    """Refuse a prompt off the grid or a multi-channel input before any model work."""
+    from medseg.inference.prompted import validate_prompt
+    from medseg.transforms.planes import PlaneView
+
+    if volume.num_channels != 1:
+        raise InputError(
+            "multi_channel",
+            f"{volume.num_channels} channels; choose one with --volume N",
+            path=volume.meta.get("path"),
+        )
+    validate_prompt(prompt, PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis))
 
 
 def build_predictor(args: argparse.Namespace):
