@@ -1,0 +1,27 @@
+"""Volume I/O with a geometry contract: files <-> :class:`Volume` (numpy, nibabel, SimpleITK only).
+
+- :func:`load_volume` reads ``.nii``/``.nii.gz`` (nibabel), ``.nrrd``/``.mha``/``.mhd``
+  (SimpleITK) and DICOM series folders, or raises :class:`InputError` with a stable ``code``
+  (catalogue in :mod:`medseg.io.load`).
+- :func:`check_same_grid` refuses a label (or second image) that is not on the image's grid.
+- :func:`save_volume` writes atomically on the volume's grid (both NIfTI forms kept) and never
+  over an input; :func:`cleanup_orphan_temps` removes what a killed writer left.
+
+Importing this package is light: SimpleITK is imported only when a non-NIfTI file is touched.
+"""
+
+from medseg.errors import InputError, OutputError
+from medseg.io.checks import check_same_grid
+from medseg.io.load import load_volume
+from medseg.io.save import cleanup_orphan_temps, save_volume
+from medseg.io.volume import Volume
+
+__all__ = [
+    "InputError",
+    "OutputError",
+    "Volume",
+    "check_same_grid",
+    "cleanup_orphan_temps",
+    "load_volume",
+    "save_volume",
+]
