@@ -92,7 +92,7 @@ def test_output_may_never_replace_the_input(scan, tmp_path, capsys):
         (["--box", "1,1,4"], "expected 4 comma-separated numbers"),
         (["--box", "a,b,c,d", "--slice", "1"], "expected numbers"),
         (["--box", "4,1,1,4", "--slice", "1"], "x0 < x1"),
-        (["--box", "1,1,400,4", "--slice", "1"], "outside the axial slice"),
+        (["--box", "300,1,400,4", "--slice", "1"], "outside the axial slice"),
         (["--box", "1,1,4,4", "--slice", "99"], "outside 0..5"),
         (["--box", "1,1,4,4"], "--slice K is required"),
         ([], "give a prompt"),

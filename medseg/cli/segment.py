@@ -108,7 +108,7 @@ def segment_file(args: argparse.Namespace, *, name: str | None = None):
         nan_policy=args.nan_policy,
     )
     prompt = build_prompt(args, volume)
-    check_prompt(prompt, volume)
+    prompt = check_prompt(prompt, volume)
     name = name or case_name(args.input)
     out_paths = prepare_outputs(
         args.output,
@@ -148,8 +148,10 @@ def build_prompt(args: argparse.Namespace, volume):
     return Prompt(axis=args.axis, slice_index=args.slice, box=box, points=points)
 
 
-def check_prompt(prompt, volume) -> None:
-    """Refuse a prompt off the grid or a multi-channel input before any model work."""
+def check_prompt(prompt, volume):
+    """Refuse a prompt off the grid or a multi-channel input before any model work.
+
+    Returns the prompt with its box clipped to the slice."""
     from medseg.inference.prompted import validate_prompt
     from medseg.transforms.planes import PlaneView
 
@@ -159,7 +161,8 @@ def check_prompt(prompt, volume) -> None:
             f"{volume.num_channels} channels; choose one with --volume N",
             path=volume.meta.get("path"),
         )
-    validate_prompt(prompt, PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis))
+    view = PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis)
+    return validate_prompt(prompt, view)
 
 
 def build_predictor(args: argparse.Namespace):

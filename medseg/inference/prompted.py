@@ -79,8 +79,13 @@ def prompt_from_mm(
     return Prompt(axis=axis, slice_index=slice_index, box=box, points=points)
 
 
-def validate_prompt(prompt: Prompt, view: PlaneView) -> None:
-    """Raise :class:`InputError` (code ``bad_prompt``) if the prompt is off the slice/grid."""
+def validate_prompt(prompt: Prompt, view: PlaneView) -> Prompt:
+    """Check a prompt against the slice grid; return it with the box clipped to the slice.
+
+    A box that overlaps the slice is clipped to it (users draw boxes up to the edge); a box
+    entirely outside, an inverted box, a point off the slice or a slice off the grid raises
+    :class:`InputError` (code ``bad_prompt``).
+    """
     s, h, w = view.num_slices, view.height, view.width
     if not 0 <= prompt.slice_index < s:
         raise InputError(
@@ -88,16 +93,17 @@ def validate_prompt(prompt: Prompt, view: PlaneView) -> None:
         )
     if prompt.box is None and not prompt.points:
         raise InputError("bad_prompt", "give a prompt: --box x0,y0,x1,y1 and/or --point x,y")
-    if prompt.box is not None:
-        x0, y0, x1, y1 = prompt.box
+    box = prompt.box
+    if box is not None:
+        x0, y0, x1, y1 = box
         if not (x0 < x1 and y0 < y1):
-            raise InputError("bad_prompt", f"box {prompt.box} needs x0 < x1 and y0 < y1")
-        if x0 < 0 or y0 < 0 or x1 > w - 1 or y1 > h - 1:
+            raise InputError("bad_prompt", f"box {tuple(box)} needs x0 < x1 and y0 < y1")
+        if x1 < 0 or y1 < 0 or x0 > w - 1 or y0 > h - 1:
             raise InputError(
                 "bad_prompt",
-                f"box {tuple(prompt.box)} is outside the {prompt.axis} slice "
-                f"(x 0..{w - 1}, y 0..{h - 1})",
+                f"box {tuple(box)} is outside the {prompt.axis} slice (x 0..{w - 1}, y 0..{h - 1})",
             )
+        box = (max(x0, 0.0), max(y0, 0.0), min(x1, w - 1.0), min(y1, h - 1.0))
     for x, y, label in prompt.points:
         if not (0 <= x <= w - 1 and 0 <= y <= h - 1):
             raise InputError(
@@ -106,6 +112,7 @@ def validate_prompt(prompt: Prompt, view: PlaneView) -> None:
             )
         if label not in (0, 1):
             raise InputError("bad_prompt", f"point label must be 1 (object) or 0, got {label}")
+    return Prompt(prompt.axis, prompt.slice_index, box, list(prompt.points))
 
 
 def segment_with_prompt(
@@ -136,7 +143,7 @@ def segment_with_prompt(
             "multi_channel", f"{volume.num_channels} channels; choose one with --volume N"
         )
     view = PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis)
-    validate_prompt(prompt, view)
+    prompt = validate_prompt(prompt, view)
     stack = np.ascontiguousarray(to_uint8(view.stack(volume.array), window=window))
     predictor.set_stack(stack)
     points = point_labels = None
