@@ -448,3 +448,30 @@ def test_io_imports_only_what_design_allows():
                         path,
                         name,
                     )
+
+
+def test_all_volumes_as_channels(tmp_path):
+    """MSD multi-modal cases are 4-D NIfTI: ``volume_index="all"`` gives (C, X, Y, Z)."""
+    import nibabel as nib
+
+    data = np.random.default_rng(0).normal(size=(6, 5, 4, 3)).astype(np.float32)
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    path = tmp_path / "brats.nii.gz"
+    nib.save(nib.Nifti1Image(data, aff), str(path))
+    vol = load_volume(path, volume_index="all")
+    assert vol.array.shape == (3, 6, 5, 4) and vol.num_channels == 3
+    np.testing.assert_array_equal(vol.array[2], data[..., 2])
+    np.testing.assert_allclose(vol.affine, aff)
+    single = load_volume(path, volume_index=1)
+    np.testing.assert_array_equal(single.array, data[..., 1])
+    three_d = load_volume(nifti_path_3d(tmp_path), volume_index="all")
+    assert three_d.array.shape[0] == 1
+
+
+def nifti_path_3d(tmp_path):
+    import nibabel as nib
+
+    data = np.arange(60, dtype=np.float32).reshape(5, 4, 3)
+    path = tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+    return path

@@ -24,7 +24,7 @@ def render_preview(
     *,
     window: tuple[float, float] | None = None,
     count: int = 8,
-    opacity: float = 0.45,
+    opacity: float = 0.35,
 ) -> bytes:
     """PNG bytes of up to ``count`` ``axis`` slices spread over the object (display orientation).
 
@@ -38,6 +38,8 @@ def render_preview(
     tiles = []
     for index in pick_slices(lab_stack, count):
         grey = apply_window(img_stack[index], level, width)
-        rgb = overlay_labels(grey, np.ascontiguousarray(lab_stack[index]), opacity=opacity)
+        labels_2d = np.ascontiguousarray(lab_stack[index])
+        rgb = overlay_labels(grey, labels_2d, opacity=opacity)
+        rgb = overlay_labels(rgb, labels_2d, outline=True)  # edges stay visible on bright tissue
         tiles.append(resample_aspect(rgb, view.pixel_spacing))
     return png_bytes(montage(tiles, columns=4))

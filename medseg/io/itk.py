@@ -137,6 +137,12 @@ def read_itk(
         raise InputError("invalid_header", f"invalid header: size {tuple(size)}", path=where)
     spatial = (size + [1])[:3]
     t = size[3] if len(size) == 4 else 1
+    if volume_index == "all":
+        raise InputError(
+            "multi_volume",
+            "reading every volume as channels is supported for NIfTI only",
+            path=where,
+        )
     select = select_volume(t, volume_index, where)
     check_size(size, _itemsize(sitk, pixel), max_bytes, where)
     if data is not None:

@@ -66,7 +66,7 @@ def load_volume(
     role: str = "image",
     max_bytes: int = 2**31,
     nan_policy: str = "error",
-    volume_index: int | None = None,
+    volume_index: int | str | None = None,
     series_uid: str | None = None,
     classes: Iterable[int] | None = None,
 ) -> Volume:
@@ -80,7 +80,9 @@ def load_volume(
             when given); an all-zero label gives a warning, not an error.
         max_bytes: refuse volumes needing more than this many bytes (at >= 4 bytes/voxel).
         nan_policy: ``"error"`` refuses NaN/Inf voxels; ``"zero"`` replaces them with 0 and warns.
-        volume_index: which volume of a 4-D file to read (required when t > 1).
+        volume_index: which volume of a 4-D file to read (required when t > 1), or ``"all"``
+            to read every volume as channels: ``array`` is then ``(C, X, Y, Z)`` (NIfTI only;
+            this is how MSD stores multi-modal cases).
         series_uid: which DICOM series to read when the folder holds several.
         classes: allowed label values (``role="label"`` only).
 

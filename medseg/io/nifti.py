@@ -52,7 +52,7 @@ def read_nifti(
     *,
     as_float: bool,
     max_bytes: int,
-    volume_index: int | None,
+    volume_index: int | str | None,
     warnings: list[str],
 ) -> Volume:
     """Read a NIfTI file whose content :func:`~medseg.io.sniff.sniff` identified.
@@ -78,7 +78,7 @@ def read_nifti(
 
     shape, select = _check_dims(hdr, where, volume_index)
     itemsize = _check_datatype(hdr, where)
-    check_size(shape[:3], itemsize, max_bytes, where)
+    check_size(shape[:4] if select == "all" else shape[:3], itemsize, max_bytes, where)
     n_spatial = min(int(hdr["dim"][0]), 3)
     check_spacing(hdr["pixdim"][1 : 1 + n_spatial], where, what="pixdim")
     _check_codes_and_offset(hdr, hdr_size, where)
@@ -172,7 +172,9 @@ def _endianness(head: bytes, hdr_size: int) -> str | None:
     return None
 
 
-def _check_dims(hdr, where: str, volume_index: int | None) -> tuple[list[int], int | None]:
+def _check_dims(
+    hdr, where: str, volume_index: int | str | None
+) -> tuple[list[int], int | str | None]:
     """Validate ``dim``; return the full shape (padded to >= 3 dims) and the volume to select."""
     dim = [int(d) for d in np.asarray(hdr["dim"]).tolist()]
     ndim = dim[0]
@@ -201,8 +203,11 @@ def _check_dims(hdr, where: str, volume_index: int | None) -> tuple[list[int], i
     return shape, select_volume(t, volume_index, where)
 
 
-def select_volume(t: int, volume_index: int | None, where: str) -> int | None:
-    """Which of ``t`` volumes to read (None = the only one); refuses ``multi_volume`` otherwise."""
+def select_volume(t: int, volume_index: int | str | None, where: str) -> int | str | None:
+    """Which of ``t`` volumes to read (None = the only one, ``"all"`` = every one as channels);
+    refuses ``multi_volume`` otherwise."""
+    if volume_index == "all":
+        return "all"
     if volume_index is None:
         if t > 1:
             raise InputError(
@@ -238,8 +243,14 @@ def _check_datatype(hdr, where: str) -> int:
     return int(np.dtype(data_type_codes.dtype[code]).itemsize)
 
 
-def _read_voxels(proxy, shape: list[int], select: int | None, as_float: bool) -> np.ndarray:
-    """Read the (selected) volume as (X, Y, Z); float32 when ``as_float`` (scaling applied)."""
+def _read_voxels(proxy, shape: list[int], select: int | str | None, as_float: bool) -> np.ndarray:
+    """Read the (selected) volume as (X, Y, Z), or every volume as channels (C, X, Y, Z) when
+    ``select == "all"``; float32 when ``as_float`` (scaling applied)."""
+    if select == "all":
+        t = shape[3] if len(shape) > 3 else 1
+        data = np.asarray(proxy, dtype=np.float32) if as_float else np.asarray(proxy)
+        data = data.reshape(tuple(shape[:3]) + (t,), order="A")
+        return np.ascontiguousarray(np.moveaxis(data, 3, 0))
     if select is not None:
         slicer = (slice(None),) * 3 + (select,) + (0,) * (len(shape) - 4)
         data = proxy[slicer]
