@@ -31,7 +31,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from medseg import __version__
-    from medseg.cli import demo, segment
+    from medseg.cli import demo, prepare, segment
 
     parser = _ArgumentParser(
         prog="medseg",
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     segment.add_parser(sub, parents=[common])
     demo.add_parser(sub, parents=[common])
+    prepare.add_parser(sub, parents=[common])
     return parser
 
 
