@@ -17,6 +17,7 @@ from medseg.errors import MedsegError
 
 EXIT_OK, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 class Terminated(BaseException):
@@ -47,11 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_parser(sub, parents=[common])
     demo.add_parser(sub, parents=[common])
     prepare.add_parser(sub, parents=[common])
+    for name in TRAIN_COMMANDS:  # LightningCLI; main() dispatches them before argparse
+        sub.add_parser(name, help=f"LightningCLI {name} (medseg {name} --help)", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``medseg`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in TRAIN_COMMANDS:
+        from medseg.cli import train
+
+        return train.main(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

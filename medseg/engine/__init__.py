@@ -1,0 +1,5 @@
+"""LightningModules ("tasks"): they own losses, metrics and optimisers; nets are injected."""
+
+from medseg.engine.segmentation import NonFiniteLossError, SegmentationTask
+
+__all__ = ["NonFiniteLossError", "SegmentationTask"]
