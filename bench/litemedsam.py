@@ -1,0 +1,264 @@
+"""LiteMedSAM 3D propagation on the MNI152 T1: our predictor vs the plain official-style loop.
+
+Baseline: the loop of bowang-lab ``CVPR24_LiteMedSAM_infer.py`` (``MedSAM_infer_npz_3D``),
+written out here independently of ``medseg.inference``: for every slice, preprocess, run the
+encoder (fp32, one slice), prompt with the key box or the previous mask's box, decode,
+postprocess; no caching. All variants cover the brain's slice range (the official 3D box's
+z-range, our ``stop_at``) and stop where the mask vanishes, so they visit the same slices and
+their masks can be compared.
+
+Rows: ``LiteMedSAMPredictor`` with ``precision="auto"`` (bf16 on CPUs with AVX512-BF16/AMX and
+on CUDA) at its default look-ahead batch; ``--extra`` adds ours in fp32, ours at batch 8 and the
+fp32 noise floor (the baseline with N(0, 0.1 grey level) added to its input).
+
+    .venv/bin/python bench/litemedsam.py              # full run, median of 3
+    .venv/bin/python bench/litemedsam.py --quick      # smoke run: 9 slices, 1 repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from importlib.resources import files
+from typing import NamedTuple
+
+import cv2
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from medseg.inference.device import configure_cpu_allocator
+from medseg.inference.litemedsam import LiteMedSAMPredictor, to_uint8
+from medseg.models.litemedsam import LiteMedSAM, load_litemedsam
+
+MNI_T1 = "data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+WINDOWS: dict[str, tuple[float, float] | None] = {"brain": (40.0, 80.0), "percentile": None}
+NOISE_GREY = 0.1
+
+
+def main(args: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    parser.add_argument("--quick", action="store_true", help="9 slices, 1 repeat (smoke)")
+    parser.add_argument("--axis", choices=sorted(AXES), default="axial")
+    parser.add_argument("--key-fraction", type=float, default=0.5, help="key slice position")
+    parser.add_argument("--margin", type=int, default=5, help="key box margin (px)")
+    parser.add_argument(
+        "--window",
+        choices=sorted(WINDOWS),
+        default="brain",
+        help="brain: CT-style window (level 40, width 80 of 0-255) that makes the brain one "
+        "bright object, as `medseg demo` does; percentile: MedSAM's MR clipping (ambiguous box)",
+    )
+    parser.add_argument(
+        "--extra",
+        action="store_true",
+        help="also ours in fp32, ours at look-ahead batch 8, and the fp32 noise floor",
+    )
+    parser.add_argument(
+        "--tune-allocator",
+        action="store_true",
+        help="apply medseg.inference.device.configure_cpu_allocator() first (all variants)",
+    )
+    opts = parser.parse_args(args)
+    allocator = "glibc tuned" if opts.tune_allocator and configure_cpu_allocator() else "default"
+    repeats = 1 if opts.quick else opts.repeats
+
+    stack, reference = mni_stack(opts.axis, WINDOWS[opts.window])
+    filled = np.nonzero(reference.any(axis=(1, 2)))[0]
+    key = int(filled[0] + opts.key_fraction * (filled[-1] - filled[0]))
+    rows, cols = np.nonzero(reference[key])
+    m = opts.margin
+    box = (cols.min() - m, rows.min() - m, cols.max() + m, rows.max() + m)
+    # The brain's slice range plays the official 3D box's z-range (our stop_at).
+    lo, hi = (key - 4, key + 4) if opts.quick else (int(filled[0]), int(filled[-1]))
+    task = Task(stack, key, box, (lo, hi))
+
+    net = load_litemedsam()
+    auto = LiteMedSAMPredictor(net, precision="auto")
+    default = f"batch {auto.batch_size} (default)"
+    variants: dict[str, Callable[[], tuple[np.ndarray, int]]] = {
+        "baseline: official-style loop, fp32, 1 slice per call": lambda: official_loop(net, task)
+    }
+    variants[f"ours, {auto.precision} (auto), {default}"] = _ours(net, task, "auto", None)
+    if opts.extra:
+        variants[f"ours, fp32, {default}"] = _ours(net, task, "fp32", None)
+        if auto.batch_size != 8:
+            variants[f"ours, {auto.precision} (auto), batch 8"] = _ours(net, task, "auto", 8)
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    masks: dict[str, np.ndarray] = {}
+    visited: dict[str, int] = {}
+    for _ in range(repeats):  # round-robin so that background load hits every variant alike
+        for name, run in variants.items():
+            start = time.perf_counter()
+            masks[name], visited[name] = run()
+            times[name].append(time.perf_counter() - start)
+    if opts.extra:
+        noise = f"noise floor: baseline, input + N(0, {NOISE_GREY} grey level) (not timed)"
+        masks[noise], visited[noise] = official_loop(net, task, NOISE_GREY)
+
+    base_name = next(iter(variants))
+    base_time = statistics.median(times[base_name])
+    print(
+        f"\nLiteMedSAM propagation, MNI152 T1 ({opts.window} window), {opts.axis} stack "
+        f"{stack.shape}, key slice {key}, box {tuple(int(v) for v in box)}, slices {lo}-{hi}; "
+        f"{_cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{allocator} allocator; median of {repeats}\n"
+    )
+    print("| variant | slices visited | seconds | speed-up | Dice vs baseline |")
+    print("|---|---|---|---|---|")
+    for name in masks:
+        seconds = statistics.median(times[name]) if name in times else None
+        timing = "- | -" if seconds is None else f"{seconds:.1f} | {base_time / seconds:.2f}x"
+        print(
+            f"| {name} | {visited[name]} | {timing} | {dice(masks[name], masks[base_name]):.4f} |"
+        )
+    print(
+        f"\nDice of the baseline vs the brain mask (T1/max > 0.2, holes filled) on slices "
+        f"{lo}-{hi}: {dice(masks[base_name][lo : hi + 1], reference[lo : hi + 1]):.3f}; "
+        "range of repeats (s): " + ", ".join(f"{min(v):.1f}-{max(v):.1f}" for v in times.values())
+    )
+
+
+class Task(NamedTuple):
+    stack: np.ndarray
+    key: int
+    box: tuple[int, int, int, int]
+    stop_at: tuple[int, int]
+
+
+def mni_stack(
+    axis: str, window: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The MNI T1 as display slices ``(S, H, W)`` uint8 (``to_uint8`` with ``window``,
+    ``np.rot90`` per slice so superior/anterior is up) and the filled brain mask alike."""
+    volume = np.asarray(nib.load(str(files("nilearn.datasets").joinpath(MNI_T1))).dataobj)
+    brain = ndimage.binary_fill_holes(volume / volume.max() > 0.2)
+    moved = [np.moveaxis(a, AXES[axis], 0) for a in (to_uint8(volume, window=window), brain)]
+    return tuple(np.ascontiguousarray(np.rot90(a, axes=(1, 2))) for a in moved)  # type: ignore[return-value]
+
+
+def official_loop(net: LiteMedSAM, task: Task, noise_grey: float = 0.0) -> tuple[np.ndarray, int]:
+    """Plain per-slice loop, as the official 3D inference does it (fp32, no cache), over
+    ``task.stop_at`` (the official z-range), stopping where the mask vanishes.
+
+    ``noise_grey`` adds seeded Gaussian noise (in grey levels of 255) to the encoder input: the
+    model's own sensitivity, to read the bf16 Dice against. Returns ``(masks, slices visited)``.
+    """
+    stack, key, box, (lo, hi) = task
+    segs = np.zeros(stack.shape, dtype=np.uint8)
+    visited = 0
+    generator = torch.Generator().manual_seed(0)
+    height, width = stack.shape[1:]
+    for step, start, stop in ((1, key, hi + 1), (-1, key - 1, lo - 1)):
+        for z in range(start, stop, step):
+            if z != key and _resize_longest_side(segs[z - step]).max() == 0:
+                break  # ours: stop; the official script falls back to the key box here
+            img_3c = np.repeat(stack[z][:, :, None], 3, axis=-1)
+            img_256 = _resize_longest_side(img_3c)
+            new_h, new_w = img_256.shape[:2]
+            img_256 = (img_256 - img_256.min()) / np.clip(
+                img_256.max() - img_256.min(), a_min=1e-8, a_max=None
+            )
+            tensor = torch.tensor(_pad(img_256)).float().permute(2, 0, 1).unsqueeze(0)
+            if noise_grey:
+                tensor = tensor + noise_grey / 255 * torch.randn(tensor.shape, generator=generator)
+            with torch.no_grad():
+                embedding = net.image_encoder(tensor)
+            if z == key:
+                ratio = 256 / max(height, width)
+                box_256 = np.array([int(c * ratio) for c in box])
+            else:
+                box_256 = _bbox256(_pad(_resize_longest_side(segs[z - step])))
+            segs[z] = _decode(net, embedding, box_256, (new_h, new_w), (height, width))
+            visited += 1
+    return segs.astype(bool), visited
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def _ours(
+    net: LiteMedSAM, task: Task, precision: str, batch: int | None
+) -> Callable[[], tuple[np.ndarray, int]]:
+    def run() -> tuple[np.ndarray, int]:
+        done = [0]
+        predictor = LiteMedSAMPredictor(net, precision=precision, batch_size=batch)
+        predictor.set_stack(task.stack)
+        masks = predictor.propagate(
+            task.key, task.box, stop_at=task.stop_at, progress=lambda n: done.__setitem__(0, n)
+        )
+        return masks, done[0]
+
+    return run
+
+
+@torch.no_grad()
+def _decode(
+    net: LiteMedSAM,
+    embedding: torch.Tensor,
+    box_256: np.ndarray,
+    new_size: tuple[int, int],
+    size: tuple[int, int],
+) -> np.ndarray:
+    box = torch.as_tensor(box_256[None, None, ...], dtype=torch.float)
+    sparse, dense = net.prompt_encoder(points=None, boxes=box, masks=None)
+    logits, _ = net.mask_decoder(
+        image_embeddings=embedding,
+        image_pe=net.prompt_encoder.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=False,
+    )
+    logits = F.interpolate(
+        logits[..., : new_size[0], : new_size[1]], size, mode="bilinear", align_corners=False
+    )
+    return (torch.sigmoid(logits).squeeze().numpy() > 0.5).astype(np.uint8)
+
+
+def _resize_longest_side(image: np.ndarray, target: int = 256) -> np.ndarray:
+    scale = target / max(image.shape[:2])
+    size = (int(image.shape[1] * scale + 0.5), int(image.shape[0] * scale + 0.5))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def _pad(image: np.ndarray, target: int = 256) -> np.ndarray:
+    pad = ((0, target - image.shape[0]), (0, target - image.shape[1]))
+    return np.pad(image, pad + ((0, 0),) * (image.ndim - 2))
+
+
+def _bbox256(mask: np.ndarray, shift: int = 3) -> np.ndarray:
+    rows, cols = np.nonzero(mask > 0)
+    h, w = mask.shape
+    return np.array(
+        [
+            max(0, cols.min() - shift),
+            max(0, rows.min() - shift),
+            min(w, cols.max() + shift),
+            min(h, rows.max() + shift),
+        ]
+    )
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "CPU"
+
+
+if __name__ == "__main__":
+    main()
