@@ -3,9 +3,9 @@
 Baseline: the loop of bowang-lab ``CVPR24_LiteMedSAM_infer.py`` (``MedSAM_infer_npz_3D``),
 written out here independently of ``medseg.inference``: for every slice, preprocess, run the
 encoder (fp32, one slice), prompt with the key box or the previous mask's box, decode,
-postprocess; no caching. All variants cover the brain's slice range (the official 3D box's
-z-range, our ``stop_at``) and stop where the mask vanishes, so they visit the same slices and
-their masks can be compared.
+postprocess; no caching. All variants cover the same range of slices inside the brain
+(``--slices``, default 100: the official 3D box's z-range, our ``stop_at``) and stop where the
+mask vanishes, so they visit the same slices and their masks can be compared.
 
 Rows: ``LiteMedSAMPredictor`` with ``precision="auto"`` (bf16 on CPUs with AVX512-BF16/AMX and
 on CUDA) at its default look-ahead batch; ``--extra`` adds ours in fp32, ours at batch 8 and the
@@ -18,7 +18,9 @@ fp32 noise floor (the baseline with N(0, 0.1 grey level) added to its input).
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -50,6 +52,9 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--key-fraction", type=float, default=0.5, help="key slice position")
     parser.add_argument("--margin", type=int, default=5, help="key box margin (px)")
     parser.add_argument(
+        "--slices", type=int, default=100, help="slices in the range around the key (stop_at)"
+    )
+    parser.add_argument(
         "--window",
         choices=sorted(WINDOWS),
         default="brain",
@@ -66,6 +71,12 @@ def main(args: list[str] | None = None) -> None:
         action="store_true",
         help="apply medseg.inference.device.configure_cpu_allocator() first (all variants)",
     )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for other processes to use <10%% CPU",
+    )
     opts = parser.parse_args(args)
     allocator = "glibc tuned" if opts.tune_allocator and configure_cpu_allocator() else "default"
     repeats = 1 if opts.quick else opts.repeats
@@ -76,8 +87,10 @@ def main(args: list[str] | None = None) -> None:
     rows, cols = np.nonzero(reference[key])
     m = opts.margin
     box = (cols.min() - m, rows.min() - m, cols.max() + m, rows.max() + m)
-    # The brain's slice range plays the official 3D box's z-range (our stop_at).
-    lo, hi = (key - 4, key + 4) if opts.quick else (int(filled[0]), int(filled[-1]))
+    # A range inside the brain plays the official 3D box's z-range (our stop_at).
+    count = 9 if opts.quick else opts.slices
+    lo = max(int(filled[0]), key - count // 2)
+    hi = min(int(filled[-1]), lo + count - 1)
     task = Task(stack, key, box, (lo, hi))
 
     net = load_litemedsam()
@@ -93,13 +106,16 @@ def main(args: list[str] | None = None) -> None:
             variants[f"ours, {auto.precision} (auto), batch 8"] = _ours(net, task, "auto", 8)
 
     times: dict[str, list[float]] = {name: [] for name in variants}
+    loads: dict[str, list[float]] = {name: [] for name in variants}
     masks: dict[str, np.ndarray] = {}
     visited: dict[str, int] = {}
     for _ in range(repeats):  # round-robin so that background load hits every variant alike
         for name, run in variants.items():
-            start = time.perf_counter()
-            masks[name], visited[name] = run()
-            times[name].append(time.perf_counter() - start)
+            _wait_until_quiet(opts.wait_quiet)
+            with _Meter() as meter:
+                masks[name], visited[name] = run()
+            times[name].append(meter.seconds)
+            loads[name].append(meter.other_load)
     if opts.extra:
         noise = f"noise floor: baseline, input + N(0, {NOISE_GREY} grey level) (not timed)"
         masks[noise], visited[noise] = official_loop(net, task, NOISE_GREY)
@@ -112,14 +128,17 @@ def main(args: list[str] | None = None) -> None:
         f"{_cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{allocator} allocator; median of {repeats}\n"
     )
-    print("| variant | slices visited | seconds | speed-up | Dice vs baseline |")
-    print("|---|---|---|---|---|")
+    print("| variant | slices visited | seconds | speed-up | Dice vs baseline | other load |")
+    print("|---|---|---|---|---|---|")
     for name in masks:
-        seconds = statistics.median(times[name]) if name in times else None
-        timing = "- | -" if seconds is None else f"{seconds:.1f} | {base_time / seconds:.2f}x"
-        print(
-            f"| {name} | {visited[name]} | {timing} | {dice(masks[name], masks[base_name]):.4f} |"
-        )
+        if name in times:
+            seconds = statistics.median(times[name])
+            timing = f"{seconds:.1f} | {base_time / seconds:.2f}x"
+            load = f"{statistics.median(loads[name]):.0%}"
+        else:
+            timing, load = "- | -", "-"
+        agreement = dice(masks[name], masks[base_name])
+        print(f"| {name} | {visited[name]} | {timing} | {agreement:.4f} | {load} |")
     print(
         f"\nDice of the baseline vs the brain mask (T1/max > 0.2, holes filled) on slices "
         f"{lo}-{hi}: {dice(masks[base_name][lo : hi + 1], reference[lo : hi + 1]):.3f}; "
@@ -247,6 +266,50 @@ def _bbox256(mask: np.ndarray, shift: int = 3) -> np.ndarray:
             min(h, rows.max() + shift),
         ]
     )
+
+
+class _Meter:
+    """Wall time of a block and the share of all CPUs that *other* processes used meanwhile."""
+
+    def __enter__(self) -> _Meter:
+        self._start = (time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, busy, own = (
+            now - then
+            for now, then in zip(
+                (time.perf_counter(), _busy_cpu_seconds(), _own_cpu_seconds()),
+                self._start,
+                strict=True,
+            )
+        )
+        self.seconds = wall
+        self.other_load = max(0.0, busy - own) / (wall * (os.cpu_count() or 1))
+
+
+def _wait_until_quiet(limit: float, threshold: float = 0.10) -> None:
+    deadline = time.perf_counter() + limit
+    while time.perf_counter() < deadline:
+        with _Meter() as meter:
+            time.sleep(1.0)
+        if meter.other_load < threshold:
+            return
+
+
+def _busy_cpu_seconds() -> float:
+    """All CPUs' non-idle time since boot (Linux ``/proc/stat``); 0 elsewhere."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:9]]
+    except OSError:
+        return 0.0
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _cpu_name() -> str:

@@ -151,7 +151,7 @@ def write_msd(
         "training": training,
         "test": test,
     }
-    (root / "dataset.json").write_text(json.dumps(meta, indent=4) + "\n")
+    (root / "dataset.json").write_text(json.dumps(meta, indent=4) + "\n", encoding="utf-8")
     return root
 
 
@@ -168,7 +168,7 @@ def write_acdc(
     if patients < 1 or test_patients < 0:
         raise InputError("bad_argument", "need at least 1 training patient and >= 0 test patients")
     base = _fresh(Path(out) / "database")
-    (base / "MANDATORY_CITATION.md").write_text(_CITATION)
+    (base / "MANDATORY_CITATION.md").write_text(_CITATION, encoding="utf-8")
     first_test = max(101, patients + 1)
     numbers = [("training", n) for n in range(1, patients + 1)]
     numbers += [("testing", n) for n in range(first_test, first_test + test_patients)]
@@ -250,8 +250,10 @@ def _acdc_patient(folder: Path, n: int, seed: int, shape, affine: np.ndarray) ->
         "NbFrame": nb_frames,
         "Weight": round(float(rng.uniform(50, 110)), 1),
     }
-    (folder / "Info.cfg").write_text("".join(f"{k}: {v}\n" for k, v in info.items()))
-    (folder / "MANDATORY_CITATION.md").write_text(_CITATION)
+    (folder / "Info.cfg").write_text(
+        "".join(f"{k}: {v}\n" for k, v in info.items()), encoding="utf-8"
+    )
+    (folder / "MANDATORY_CITATION.md").write_text(_CITATION, encoding="utf-8")
     pid = folder.name
     _save(folder / f"{pid}_4d.nii.gz", np.stack(frames, axis=-1), affine)
     for frame in (ed, es):

@@ -27,7 +27,7 @@ ALLOWED = {
 
 
 def _medseg_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     found = set()
     for node in ast.walk(tree):
         names = []
@@ -52,7 +52,7 @@ def test_import_edges(package):
         if allowed is not None:
             assert used <= allowed, f"{path.relative_to(ROOT)} imports {sorted(used - allowed)}"
         if package == "models":
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
             assert "import lightning" not in text and "from lightning" not in text
 
 
@@ -62,7 +62,14 @@ def test_import_medseg_is_light():
         "heavy = {'torch', 'gradio', 'sam2', 'SimpleITK', 'triton', 'lightning', 'monai'};"
         "print(sorted(heavy & set(sys.modules)))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        check=True,
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -50,7 +50,7 @@ def test_fifo_input_does_not_hang_as_a_subprocess(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "medseg.cli.main", "segment", str(fifo), "-o", str(tmp_path / "o"),
          *PROMPT],
-        capture_output=True, text=True, timeout=20,
+        capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=20,
     )  # fmt: skip
     assert proc.returncode == 2
     assert "not a regular file" in proc.stderr

@@ -71,7 +71,7 @@ def test_segment_writes_label_map_on_the_input_grid(tmp_path):
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1}
     assert dice(labels > 0, mask) >= 0.85
 
-    stats = json.loads((out / "scan one é_stats.json").read_text())
+    stats = json.loads((out / "scan one é_stats.json").read_text(encoding="utf-8"))
     (entry,) = stats["labels"]
     assert entry["voxels"] == int(labels.sum())
     voxel_ml = abs(np.linalg.det(AFFINE[:3, :3])) / 1000
@@ -118,10 +118,42 @@ def test_points_and_no_propagate(tmp_path):
     assert stack[key].any() and not np.delete(stack, key, axis=0).any()
 
 
+def test_slices_bound_propagation_and_are_checked(tmp_path, capsys):
+    scan, mask = _scan(tmp_path)
+    args = _prompt(mask)
+    key = int(args[3])
+    out = tmp_path / "o"
+    rc = main(
+        ["segment", str(scan), "-o", str(out), "-q", *args, "--slices", f"{key - 1},{key + 1}"]
+    )
+    assert rc == 0
+    labels = np.asarray(nib.load(str(out / "scan one é_seg.nii.gz")).dataobj)
+    z = np.nonzero(labels.any(axis=(0, 1)))[0]  # axial slices are voxel z here
+    assert z.min() >= key - 1 and z.max() <= key + 1 and key in z
+    rc = main(["segment", str(scan), "-o", str(tmp_path / "p"), "-q", *args,
+               "--slices", f"{key + 1},{key + 3}"])  # fmt: skip
+    assert rc == 2
+    assert "--slices" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "scan one é_seg.nii.gz").exists()
+
+
 def _medseg(*args: str, **kwargs) -> subprocess.Popen:
+    """The CLI in the harshest locale a server may have: ASCII, UTF-8 mode off.
+
+    File names here hold non-ASCII characters, so this catches any message that cannot be
+    encoded (a crash instead of exit code and message).
+    """
     cmd = [sys.executable, "-m", "medseg.cli.main", *args]
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
     return subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        cmd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        **kwargs,
     )
 
 

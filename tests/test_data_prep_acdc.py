@@ -58,7 +58,7 @@ def test_synthetic_tree_is_the_raw_acdc_layout(raw):
     assert [p.name for p in (base / "testing").iterdir()] == ["patient101"]
     p1 = base / "training" / "patient001"
     info = parse_info_cfg(p1 / "Info.cfg")
-    assert not (p1 / "Info.cfg").read_text().startswith("[")
+    assert not (p1 / "Info.cfg").read_text(encoding="utf-8").startswith("[")
     names = {p.name for p in p1.iterdir()}
     ed, es = info["ED"], info["ES"]
     assert names == {

@@ -116,9 +116,9 @@ def test_prepare_with_skip_bad_drops_the_case_everywhere(task, tmp_path):
         prepare("msd", task, tmp_path / "prep")
     assert not (tmp_path / "prep").exists()  # nothing written on failure
     out = prepare("msd", task, tmp_path / "prep", skip_bad=True)
-    ds = json.loads((out / "dataset.json").read_text())
-    splits = json.loads((out / "splits.json").read_text())
-    fp = json.loads((out / "fingerprint.json").read_text())
+    ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
+    splits = json.loads((out / "splits.json").read_text(encoding="utf-8"))
+    fp = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
     assert ds["skipped"][0]["case"] == BAD and "label origin" in ds["skipped"][0]["reason"]
     assert ds["numTraining"] == 5 and BAD not in {e["case"] for e in ds["training"]}
     assert BAD not in {c for f in splits["folds"] for c in f["train"] + f["val"]}

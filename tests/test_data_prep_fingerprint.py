@@ -91,7 +91,7 @@ def test_ct_normalisation_statistics():
 def test_prepared_synthetic_acdc_fingerprint(tmp_path):
     raw = write_acdc(tmp_path / "raw", patients=5, test_patients=0, seed=2)
     out = prepare("acdc", raw, tmp_path / "prep")
-    fp = json.loads((out / "fingerprint.json").read_text())
+    fp = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
     assert fp["spacing_median"] == [1.5, 1.5, 10.0] and fp["target_spacing"] == [1.5, 1.5, 10.0]
     assert fp["shape_median"] == [64, 64, 8] and fp["spatial_dims"] == 2
     assert fp["patch_size"] == [64, 64] and fp["num_classes"] == 4 and fp["num_channels"] == 1

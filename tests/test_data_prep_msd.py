@@ -25,7 +25,7 @@ def task(tmp_path_factory) -> Path:
 
 def _edit_json(root: Path, **changes) -> None:
     path = root / "dataset.json"
-    meta = json.loads(path.read_text())
+    meta = json.loads(path.read_text(encoding="utf-8"))
     for key, value in changes.items():
         if value is None:
             meta.pop(key, None)
@@ -35,7 +35,7 @@ def _edit_json(root: Path, **changes) -> None:
 
 
 def test_synthetic_tree_is_the_raw_msd_layout(task):
-    meta = json.loads((task / "dataset.json").read_text())
+    meta = json.loads((task / "dataset.json").read_text(encoding="utf-8"))
     assert task.name.startswith("Task") and task.name.endswith("_Synthetic")
     assert set(meta) == {
         "name", "description", "reference", "licence", "release", "tensorImageSize",
@@ -66,7 +66,7 @@ def test_index_filters_junk_and_reads_the_flat_test_list(task):
 
 def test_relase_typo_junk_entries_and_nnunet_labels(tmp_path):
     root = write_msd(tmp_path, cases=2, test_cases=1, **SMALL)
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     meta["relase"] = meta.pop("release")  # Task04_Hippocampus
     meta["training"].append({"image": "./imagesTr/._synthetic_001.nii.gz", "label": "./x"})
     meta["test"].append("./imagesTs/._synthetic_003.nii.gz")
@@ -134,7 +134,7 @@ def test_four_d_multichannel_images(tmp_path):
     report = check_dataset(ds)
     assert len(report.good) == 5 and not report.skipped
     out = prepare("msd", root, tmp_path / "prep", seed=1)
-    fp = json.loads((out / "fingerprint.json").read_text())
+    fp = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
     assert fp["num_channels"] == 2 and fp["modality_kind"] == "mr"
     assert fp["normalisation"] == [{"scheme": "zscore"}, {"scheme": "zscore"}]
 
@@ -151,8 +151,8 @@ def test_channel_count_must_match_modality(tmp_path):
 def test_ct_fingerprint_uses_foreground_hu_statistics(tmp_path):
     root = write_msd(tmp_path, cases=5, test_cases=0, ct=True, **SMALL)
     out = prepare("msd", root, tmp_path / "prep", seed=3)
-    fp = json.loads((out / "fingerprint.json").read_text())
-    ds = json.loads((out / "dataset.json").read_text())
+    fp = json.loads((out / "fingerprint.json").read_text(encoding="utf-8"))
+    ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert ds["channel_names"] == ["CT"] and fp["modality_kind"] == "ct"
     (norm,) = fp["normalisation"]
     assert norm["scheme"] == "ct"

@@ -80,7 +80,7 @@ def test_load_prepared_errors_say_what_to_run(acdc_raw, tmp_path):
 def test_load_prepared_root_override(acdc_raw, tmp_path):
     out = prepare("acdc", acdc_raw, tmp_path / "prep")
     ds_path = out / "dataset.json"
-    ds = json.loads(ds_path.read_text())
+    ds = json.loads(ds_path.read_text(encoding="utf-8"))
     ds["root"] = str(tmp_path / "moved")
     ds_path.write_text(json.dumps(ds))
     with pytest.raises(InputError, match="not found") as info:
@@ -117,7 +117,7 @@ def test_cli_synthetic_then_prepare(tmp_path, capsys):
     for needle in ("5 training", "1 organ", "2 lesion", "target spacing: 1 x 1 x 1.5 mm", "patch"):
         assert needle in out
     assert {p.name for p in prep.iterdir()} == {"dataset.json", "splits.json", "fingerprint.json"}
-    assert json.loads((prep / "splits.json").read_text())["seed"] == 3
+    assert json.loads((prep / "splits.json").read_text(encoding="utf-8"))["seed"] == 3
     assert main(argv) == 2  # exists without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     assert main([*argv, "--overwrite", "-q"]) == 0
@@ -144,7 +144,7 @@ def test_cli_bad_tree_exits_2_naming_the_case(acdc_raw, tmp_path, capsys):
     assert not prep.exists()
     assert main(["prepare", "acdc", "--src", str(src), "--out", str(prep), "--skip-bad"]) == 0
     assert "skipped patient002_ED" in capsys.readouterr().out
-    ds = json.loads((prep / "dataset.json").read_text())
+    ds = json.loads((prep / "dataset.json").read_text(encoding="utf-8"))
     assert [s["case"] for s in ds["skipped"]] == ["patient002_ED"]
 
 
@@ -161,7 +161,7 @@ def test_cli_argument_errors_exit_2(tmp_path, capsys):
 
 def test_data_prep_imports_only_medseg_io_and_errors():
     for path in sorted((ROOT / "data_prep").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

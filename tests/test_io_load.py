@@ -127,8 +127,11 @@ for path in sys.argv[2:]:
         print("OK", path)
     except InputError as e:
         print(e.code, round(time.monotonic() - t, 2))
-rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print("RSS", int(rss_mb))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the
+# peak of the (large) pytest parent that forked this child.
+with open("/proc/self/status", encoding="ascii") as f:
+    hwm_kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+print("RSS", hwm_kb // 1024)
 """
 
 
@@ -137,6 +140,8 @@ def _child(kind: str, *paths: Path, env=None, timeout=60) -> list[str]:
         [sys.executable, "-c", _CHILD, kind, *map(str, paths)],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=timeout,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
@@ -178,7 +183,14 @@ def test_import_is_light_and_nifti_never_touches_simpleitk(tmp_path):
         "import sys, medseg.io; print('SimpleITK' in sys.modules, 'torch' in sys.modules); "
         f"medseg.io.load_volume({str(p)!r}); print('SimpleITK' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        cwd=ROOT,
+    )
     assert out.stdout.split() == ["False", "False", "False"], out.stderr
 
 
@@ -433,7 +445,7 @@ def test_io_imports_only_what_design_allows():
 
     allowed_third_party = {"numpy", "nibabel", "SimpleITK"}
     for path in (ROOT / "medseg" / "io").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]

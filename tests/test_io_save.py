@@ -152,7 +152,7 @@ def test_output_mode_follows_umask_not_mkstemp(tmp_path):
 def test_mhd_writes_header_and_data_and_no_temp_folder(tmp_path):
     save_volume(_vol(), tmp_path / "vol.mhd")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vol.mhd", "vol.zraw"]
-    assert "ElementDataFile = vol.zraw" in (tmp_path / "vol.mhd").read_text()
+    assert "ElementDataFile = vol.zraw" in (tmp_path / "vol.mhd").read_text(encoding="utf-8")
 
 
 def test_sheared_volume_is_refused(tmp_path):
@@ -188,6 +188,8 @@ def test_disk_full_keeps_the_previous_output(tmp_path, ext):
         [sys.executable, "-c", _DISK_FULL, str(out)],
         capture_output=True,
         text=True,
+        encoding="utf-8",
+        errors="replace",
         timeout=60,
         cwd=ROOT,
     )
@@ -215,7 +217,12 @@ def test_sigkill_during_write_keeps_the_previous_output(tmp_path):
     outcomes = []
     for delay in (0.05, 0.12, 0.2, 0.3):
         child = subprocess.Popen(
-            [sys.executable, "-c", _KILLED, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _KILLED, str(out)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
         )
         assert child.stdout.readline().strip() == "WRITING"
         time.sleep(delay)

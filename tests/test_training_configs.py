@@ -83,10 +83,10 @@ def test_unet_acdc_2d_smoke(tmp_path):
         "unet_acdc", prep, run, "[8,16,32]", "--model.init_args.net.init_args.strides=[2,2]"
     )
     assert main(args) == 0
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert cfg["trainer"]["accelerator"] == "cpu"
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    header = (run / "metrics.csv").read_text().splitlines()[0]
+    header = (run / "metrics.csv").read_text(encoding="utf-8").splitlines()[0]
     assert {"val/dice", "val/dice_RV", "val/dice_MYO", "val/dice_LV"} <= set(header.split(","))
 
 
@@ -99,4 +99,4 @@ def test_wau_msd_3d_deep_supervision_smoke(tmp_path):
     run = tmp_path / "run"
     assert main(_smoke("wau_task04", prep, run, "[8,16,32]")) == 0
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    assert "val/dice_lesion" in (run / "metrics.csv").read_text().splitlines()[0]
+    assert "val/dice_lesion" in (run / "metrics.csv").read_text(encoding="utf-8").splitlines()[0]

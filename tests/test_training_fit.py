@@ -42,10 +42,10 @@ def test_fit_writes_checkpoints_config_and_metrics(fitted):
     assert (ckpts / "last.ckpt").is_file()
     best = sorted(ckpts.glob("epoch=*-dice=*.ckpt"))
     assert len(best) == 1
-    assert "medseg.engine.SegmentationTask" in (run / "config.yaml").read_text()
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert "medseg.engine.SegmentationTask" in (run / "config.yaml").read_text(encoding="utf-8")
+    rows = list(csv.DictReader((run / "metrics.csv").open(encoding="utf-8")))
     dice = [float(r["val/dice"]) for r in rows if r.get("val/dice")]
-    assert len(dice) == 2, (run / "metrics.csv").read_text()
+    assert len(dice) == 2, (run / "metrics.csv").read_text(encoding="utf-8")
     assert all(0.0 <= d <= 1.0 for d in dice)
     assert {"val/dice_shell", "val/dice_core", "val/hd95", "val/loss"} <= set(rows[0])
     last = _ckpt(ckpts / "last.ckpt")

@@ -14,5 +14,12 @@ def test_engine_and_data_load_no_model_code():
         "import sys, medseg.engine, medseg.data, medseg.cli.train;"
         "print(sorted(m for m in sys.modules if m.startswith('medseg.models')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        check=True,
+    )
     assert out.stdout.strip() == "[]"

