@@ -18,10 +18,16 @@ Definition (the torch reference below is the spec). For ``n = 2`` or ``3`` spati
   padded keys are masked out (never attended to), padded queries are cropped from the output.
 - Output: ``(B, *S_q, h, d_v)``.
 
-``window_attention`` dispatches (see :func:`kernels._dispatch.resolve_impl`);
-``window_attention_torch`` partitions into windows and runs ``F.scaled_dot_product_attention``
-on ``(B * prod(G), h, prod(window), d)`` batches; ``_dense_reference`` is the test oracle that
-builds the full ``N_q x N_kv`` window mask (quadratic memory: tests only).
+Paths (``window_attention`` picks one, see :func:`kernels._dispatch.resolve_impl`):
+
+- ``window_attention_reference``: the spec as code, the full ``N_q x N_kv`` window mask and an
+  explicit softmax (quadratic memory: tests only);
+- ``"torch"`` (``window_attention_torch``): pad, partition into windows and run
+  ``F.scaled_dot_product_attention`` on ``(B * prod(G), h, prod(window), d)`` batches, with
+  padded keys masked;
+- ``"triton"``: tokens gathered in window-major order without padding, then the varlen flash
+  kernels of :mod:`kernels._triton_segments` with one segment per window (edge windows have
+  fewer queries and keys; nothing padded is computed).
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._dispatch import resolve_impl
+from .region import _rows
 
-__all__ = ["window_attention", "window_attention_torch"]
+__all__ = ["window_attention", "window_attention_reference", "window_attention_torch"]
 
 _OP = "window_attention"
 
@@ -60,16 +67,18 @@ def window_attention(
         kv_window: key/value window side per axis; both window grids must have the same shape.
         scale: softmax temperature; ``d ** -0.5`` by default.
         impl: ``"auto"``, ``"torch"``, ``"triton"``, or ``None`` for ``$MEDSEG_KERNELS``
-            (default ``"auto"``, which runs the torch reference until faster paths land).
+            (default ``"auto"``: Triton for CUDA tensors, torch otherwise).
 
     Returns:
         ``(B, *S_q, h, d_v)``, same dtype and device as ``q``.
 
     Raises:
         ValueError: bad shapes, windows or ``impl`` name.
-        kernels.KernelUnavailableError: ``impl="triton"`` was requested.
+        kernels.KernelUnavailableError: ``impl="triton"`` cannot run here (the reason is named).
     """
-    resolve_impl(impl, op=_OP)
+    which = resolve_impl(impl, op=_OP, device=q.device)
+    if which == "triton":
+        return _window_attention_triton(q, k, v, q_window, kv_window, scale)
     return window_attention_torch(q, k, v, q_window=q_window, kv_window=kv_window, scale=scale)
 
 
@@ -82,7 +91,7 @@ def window_attention_torch(
     kv_window: int | Sequence[int],
     scale: float | None = None,
 ) -> Tensor:
-    """The torch reference: pad, partition into windows, SDPA per window, reverse, crop."""
+    """The torch path: pad, partition into windows, SDPA per window, reverse, crop."""
     q_win, kv_win, grid = _check(q, k, v, q_window, kv_window)
     batch, q_size, kv_size = q.shape[0], q.shape[1:-2], k.shape[1:-2]
     q_pad = tuple(g * w for g, w in zip(grid, q_win, strict=True))
@@ -103,7 +112,7 @@ def window_attention_torch(
     return out[(slice(None), *(slice(0, s) for s in q_size))]
 
 
-def _dense_reference(
+def window_attention_reference(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -128,6 +137,56 @@ def _dense_reference(
     scores = (qf @ kf.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     out = scores.masked_fill(~mask, float("-inf")).softmax(-1) @ vf
     return out.transpose(1, 2).reshape(batch, *q_size, heads, v.shape[-1])
+
+
+def _window_attention_triton(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_window: int | Sequence[int],
+    kv_window: int | Sequence[int],
+    scale: float | None,
+) -> Tensor:
+    """Gather window-major tokens (no padding), run the segment kernels, scatter back."""
+    from ._triton_segments import segment_attention  # imports triton: only when asked for
+
+    q_win, kv_win, grid = _check(q, k, v, q_window, kv_window)
+    batch, heads = q.shape[0], q.shape[-2]
+    q_order, q_cu = _window_segments(q.shape[1:-2], q_win, grid, batch, q.device)
+    kv_order, kv_cu = _window_segments(k.shape[1:-2], kv_win, grid, batch, q.device)
+    qs, ks, vs = _rows(q, q_order, heads), _rows(k, kv_order, heads), _rows(v, kv_order, heads)
+    longest = max(math.prod(q_win), math.prod(kv_win))
+    out = segment_attention(qs, ks, vs, q_cu, kv_cu, scale=scale, max_len=longest)
+    inverse = torch.empty_like(q_order)
+    inverse[q_order] = torch.arange(q_order.numel(), device=q.device)
+    return _rows(out, inverse, heads).view(*q.shape[:-1], v.shape[-1])
+
+
+def _window_segments(
+    size: Sequence[int],
+    window: Sequence[int],
+    grid: Sequence[int],
+    batch: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Window-major token order of ``batch`` maps of ``size`` and the window offsets.
+
+    Returns:
+        ``order``: ``(B * prod(size),)`` int64 flat token indices (``b * prod(size) + n``),
+        windows batch-major then raster, tokens raster inside a window, padding left out;
+        ``cu``: ``(B * prod(G) + 1,)`` int32 start of every window in ``order``.
+    """
+    n = math.prod(size)
+    index = torch.arange(1, n + 1, device=device).view(1, *size, 1, 1)  # 0 marks padding
+    padded = _pad(index, [g * w for g, w in zip(grid, window, strict=True)])
+    parts = _partition(padded, window).view(-1, math.prod(window)) - 1  # (prod(G), L)
+    valid = parts >= 0
+    one = parts[valid]  # window-major order of one map
+    order = (one[None, :] + torch.arange(batch, device=device)[:, None] * n).flatten()
+    counts = valid.sum(1).repeat(batch)
+    cu = torch.zeros(counts.numel() + 1, dtype=torch.int32, device=device)
+    cu[1:] = torch.cumsum(counts, 0)
+    return order, cu
 
 
 def _check(

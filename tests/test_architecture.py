@@ -77,3 +77,17 @@ def test_kernels_is_ours():
     import kernels
 
     assert Path(kernels.__file__).resolve().is_relative_to(ROOT)
+
+
+def test_models_reach_kernels_through_one_seam():
+    """DESIGN.md: models -> models.layers -> kernels; only layers/attention.py imports it."""
+    seam = ROOT / "medseg" / "models" / "layers" / "attention.py"
+    importers = []
+    for path in sorted((ROOT / "medseg").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            if any(n == "kernels" or n.startswith("kernels.") for n in names):
+                importers.append(path)
+    assert set(importers) == {seam}, [str(p.relative_to(ROOT)) for p in importers]

@@ -1,4 +1,7 @@
-"""kernels.window_attention: windowed reference == dense masked oracle; dispatcher rules."""
+"""kernels.window_attention: the torch path equals the dense reference; dispatcher rules.
+
+The Triton path is checked in test_kernels_triton.py (interpreter subprocess and GPU).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,12 @@ import pytest
 import torch
 
 import kernels
-from kernels.window import _dense_reference, _partition, _unpartition, window_attention_torch
+from kernels.window import (
+    _partition,
+    _unpartition,
+    window_attention_reference,
+    window_attention_torch,
+)
 from medseg.models.layers import WindowCrossAttention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +47,7 @@ def test_windowed_equals_dense_forward_and_grads(name: str) -> None:
     windows = {"q_window": case[2], "kv_window": case[3]}
     q, k, v = _inputs(case)
     out = kernels.window_attention(q, k, v, **windows, impl="torch")
-    ref = _dense_reference(q, k, v, **windows)
+    ref = window_attention_reference(q, k, v, **windows)
     assert out.shape == (2, *case[0], case[4], case[6])
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn_like(out)
@@ -62,7 +70,8 @@ def test_gradcheck_float64_with_padding() -> None:
 def test_scale_is_passed() -> None:
     q, k, v = _inputs(CASES["2d-pad"])
     out = window_attention_torch(q, k, v, q_window=4, kv_window=2, scale=0.1)
-    torch.testing.assert_close(out, _dense_reference(q, k, v, q_window=4, kv_window=2, scale=0.1))
+    want = window_attention_reference(q, k, v, q_window=4, kv_window=2, scale=0.1)
+    torch.testing.assert_close(out, want)
 
 
 def test_queries_only_see_their_window() -> None:
@@ -108,6 +117,7 @@ def test_dispatch_auto_and_env(monkeypatch) -> None:
     q, k, v = (t.detach() for t in _inputs(CASES["2d-wau"]))
     ref = window_attention_torch(q, k, v, q_window=8, kv_window=4)
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     for impl in (None, "auto", "torch"):
         assert torch.equal(
             kernels.window_attention(q, k, v, q_window=8, kv_window=4, impl=impl), ref
@@ -115,7 +125,7 @@ def test_dispatch_auto_and_env(monkeypatch) -> None:
     monkeypatch.setenv("MEDSEG_KERNELS", "torch")
     assert torch.equal(kernels.window_attention(q, k, v, q_window=8, kv_window=4), ref)
     monkeypatch.setenv("MEDSEG_KERNELS", "triton")
-    with pytest.raises(kernels.KernelUnavailableError, match=r"\$MEDSEG_KERNELS.*kernels issue"):
+    with pytest.raises(kernels.KernelUnavailableError, match=r"\$MEDSEG_KERNELS.*need CUDA"):
         kernels.window_attention(q, k, v, q_window=8, kv_window=4)
     # an explicit argument wins over the environment
     assert torch.equal(kernels.window_attention(q, k, v, q_window=8, kv_window=4, impl="auto"), ref)
@@ -126,22 +136,28 @@ def test_dispatch_auto_and_env(monkeypatch) -> None:
 
 def test_explicit_triton_is_a_clear_error(monkeypatch) -> None:
     monkeypatch.delenv(kernels.ENV_VAR, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     q, k, v = (t.detach() for t in _inputs(CASES["2d-wau"]))
     with pytest.raises(kernels.KernelUnavailableError) as err:
         kernels.window_attention(q, k, v, q_window=8, kv_window=4, impl="triton")
-    assert "Triton path lands with the kernels issue" in str(err.value)
+    assert "tensors are on cpu; Triton kernels need CUDA (or TRITON_INTERPRET=1)" in str(err.value)
     with pytest.raises(ValueError, match="impl must be one of"):
         kernels.window_attention(q, k, v, q_window=8, kv_window=4, impl="flex")
 
 
-def test_seam_resolves_impl_at_construction(monkeypatch) -> None:
+def test_seam_checks_name_at_construction_and_device_per_call(monkeypatch) -> None:
     sizes = {"spatial_dims": 2, "q_dim": 8, "kv_dim": 6, "dim": 8, "num_heads": 2}
-    monkeypatch.setenv("MEDSEG_KERNELS", "triton")
-    with pytest.raises(kernels.KernelUnavailableError):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("MEDSEG_KERNELS", "cuda")
+    with pytest.raises(ValueError, match="must be one of"):
         WindowCrossAttention(**sizes, q_window=8, kv_window=4)
+    monkeypatch.setenv("MEDSEG_KERNELS", "triton")
+    attn = WindowCrossAttention(**sizes, q_window=8, kv_window=4)  # may move to a GPU later
+    query, key = torch.randn(2, 16, 12, 8), torch.randn(2, 8, 6, 6)
+    with pytest.raises(kernels.KernelUnavailableError, match="need CUDA"):
+        attn(query, key)
     attn = WindowCrossAttention(**sizes, q_window=8, kv_window=4, out_dim=5, impl="torch")
-    out = attn(torch.randn(2, 16, 12, 8), torch.randn(2, 8, 6, 6))
-    assert out.shape == (2, 16, 12, 5)
+    assert attn(query, key).shape == (2, 16, 12, 5)
 
 
 def test_kernels_is_this_projects_package() -> None:

@@ -4,12 +4,14 @@ checkpoints, and ``--ckpt_path last`` continues from the interruption."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from training_kit import make_prepared, tiny_config
 
@@ -65,3 +67,104 @@ def test_sigterm_mid_epoch_exits_143_and_resumes(tmp_path):
     assert main(["fit", "--config", str(cfg), "--ckpt_path", "last"]) == 0
     final = _ckpt(ckpts / "last.ckpt")
     assert final["global_step"] == 12  # 3 epochs x 4 steps: nothing repeated, nothing skipped
+
+
+_FSIZE_LIMITED = """
+import resource, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # writes past it fail with EFBIG
+from medseg.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_disk_full_during_checkpoint_save_exits_3_and_keeps_last(tmp_path):
+    """RELIABILITY.md C.2 #33: the save fails (EFBIG from RLIMIT_FSIZE, the way a full disk
+    fails a write) -> exit 3 with one line; the previous ``last.ckpt`` is intact and loads."""
+    prep = make_prepared(tmp_path, n_cases=3)
+    cfg = tiny_config(tmp_path, prep, **{"trainer.max_epochs": 1})
+    assert main(["fit", "--config", str(cfg)]) == 0
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    assert _ckpt(last)["epoch"] == 0
+    argv = ["fit", "--config", str(cfg), "--ckpt_path", "last", "--trainer.max_epochs", "2"]
+    run = subprocess.run(
+        [sys.executable, "-c", _FSIZE_LIMITED, str(len(before) // 2), *argv],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=300,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        },
+    )
+    assert run.returncode == 3, run.stderr[-3000:]
+    lines = [line for line in run.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "could not write" in lines[0], run.stderr[-3000:]
+    assert "Traceback" not in run.stderr
+    assert last.read_bytes() == before  # untouched, and it still loads
+    assert _ckpt(last)["epoch"] == 0
+    leftovers = [p for p in (tmp_path / "run").rglob("tmp*") if p.is_file()]
+    assert not leftovers, leftovers
+
+
+@pytest.mark.slow
+def test_random_sigkills_always_leave_a_loadable_last_ckpt(tmp_path):
+    """RELIABILITY.md C.2 #32: 5 SIGKILLs at random moments of a run that writes an ~84 MB
+    checkpoint every step; after each, ``last.ckpt`` loads; a restart removes orphan temp files
+    and untracked top-k files, and the run finishes."""
+    prep = make_prepared(tmp_path, n_cases=3)
+    cfg = tiny_config(
+        tmp_path,
+        prep,
+        net="training_kit.Ballast",
+        net_args={"ballast": 7_000_000},
+        **{"trainer.max_epochs": 1000, "data.iterations_per_epoch": 1, "model.hd95": False},
+    )
+    ckpts = tmp_path / "run" / "checkpoints"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    rng = random.Random(0)
+    steps = []
+    for kill in range(5):
+        argv = ["fit", "--config", str(cfg)] + (["--ckpt_path", "last"] if kill else [])
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medseg.cli.main", *argv],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.time() + 300
+            start_step = steps[-1] if steps else -1
+            while not _saved_after(ckpts / "last.ckpt", start_step):  # wait for new progress
+                assert proc.poll() is None, f"run {kill} ended early ({proc.returncode})"
+                assert time.time() < deadline, "no checkpoint progress"
+                time.sleep(0.5)
+            time.sleep(rng.uniform(0.0, 2.0))  # anywhere in a step, often inside a save
+            proc.kill()
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        steps.append(_ckpt(ckpts / "last.ckpt")["global_step"])  # loads after every kill
+    assert steps == sorted(steps) and steps[-1] > steps[0]
+    assert main(["fit", "--config", str(cfg), "--ckpt_path", "last",
+                 "--trainer.max_epochs", str(steps[-1] + 2)]) == 0  # fmt: skip
+    assert _ckpt(ckpts / "last.ckpt")["global_step"] == steps[-1] + 2
+    assert not [p for p in (tmp_path / "run" / ".tmp").glob("tmp*")], "orphan temp files"
+    assert len(list(ckpts.glob("epoch=*.ckpt"))) == 1  # top-1 only, stale files pruned
+
+
+def _saved_after(path: Path, step: int) -> bool:
+    """True once ``path`` holds a checkpoint of a step after ``step`` (it may be mid-rename)."""
+    try:
+        if not path.is_file() or time.time() - path.stat().st_mtime > 30:
+            return False
+        return _ckpt(path)["global_step"] > step
+    except Exception:  # noqa: BLE001 - a file being replaced this instant: look again
+        return False

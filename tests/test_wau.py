@@ -128,9 +128,13 @@ def test_bad_config_raises(kw, match):
         tiny(**kw)
 
 
-def test_triton_request_fails_at_construction():
-    with pytest.raises(kernels.KernelUnavailableError, match="kernels issue"):
-        tiny(attn_impl="triton")
+def test_kernel_choice_is_checked_at_construction_and_resolved_per_call(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="must be one of auto, torch, triton"):
+        tiny(attn_impl="flex")
+    net = tiny(attn_impl="triton")  # valid name; whether it can run depends on the inputs
+    with pytest.raises(kernels.KernelUnavailableError, match="need CUDA"):
+        net(torch.randn(1, 1, 32, 32))
 
 
 def test_base_preset_matches_fidelity_notes():

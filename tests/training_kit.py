@@ -234,3 +234,19 @@ def tiny_config(tmp: Path, prep: Path, *, net: str = "monai.networks.nets.UNet",
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
+
+
+class Ballast(nn.Module):
+    """Test net: a tiny MONAI UNet plus ``ballast`` extra float32 parameters that take part in
+    the loss (so the optimiser keeps state for them): a checkpoint of ~``12 * ballast`` bytes
+    with AdamW. ``x`` ``(B, C, *spatial)`` -> logits ``(B, out_channels, *spatial)``."""
+
+    def __init__(
+        self, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 3, ballast: int = 0
+    ) -> None:
+        super().__init__()
+        self.inner = tiny_unet(spatial_dims, in_channels, out_channels)
+        self.ballast = nn.Parameter(torch.zeros(ballast))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x) + 0.0 * self.ballast.sum()

@@ -12,7 +12,8 @@ the latest ``fit``; ``config_<subcommand>.yaml`` for the others), ``metrics.csv`
 ``tensorboard/`` (when tensorboard is installed), ``checkpoints/`` (``last.ckpt``, the best
 ``epoch=E-step=S-dice=D.ckpt`` on ``val/dice``, ``on_exception.ckpt``) and ``predictions/``.
 
-Exit codes: 0 ok; 2 bad arguments/config or a case that cannot be read; 4 non-finite loss;
+Exit codes: 0 ok; 2 bad arguments/config or a case that cannot be read; 3 a run file could not
+be written (disk full, quota: the previous checkpoints stay intact); 4 non-finite loss;
 143 SIGTERM (Lightning itself exits 0; RELIABILITY.md §B.6) and 130 Ctrl-C, both after
 ``on_exception.ckpt`` is written so ``--ckpt_path last`` resumes from the interruption.
 """
@@ -47,6 +48,7 @@ __all__ = ["COMMANDS", "MedsegCLI", "SegmentationWriter", "main"]
 
 COMMANDS = ("fit", "validate", "test", "predict")
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+EXIT_OUTPUT = 3  # output/IO error (medseg.errors.OutputError)
 _STARTED = time.time()
 _TRAINERS: list[Trainer] = []  # the trainer of the running CLI, for exit codes after exceptions
 
@@ -191,6 +193,17 @@ def main(args: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # disk full, quota, file size limit, unwritable run folder
+        if debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(
+            f"error: {where}could not write ({exc.strerror or exc}); free space or set "
+            "--trainer.default_root_dir elsewhere, then resume with --ckpt_path last (the "
+            "previous checkpoints are intact)",
+            file=sys.stderr,
+        )
+        return EXIT_OUTPUT
     finally:
         sys.argv = argv0
     status = _interrupted_status(cli.trainer)

@@ -333,8 +333,11 @@ def choose_roi(
 
 
 def has_window_statistics(net: nn.Module) -> bool:
-    """True when a layer normalises over spatial positions per sample (instance or group norm),
-    so the net's output depends on the window it sees."""
+    """True when the net's output depends on the window it sees: a layer normalises over
+    spatial positions per sample (instance or group norm), or the net says so with a true
+    ``window_dependent`` attribute (global attention, e.g. HER-Seg)."""
+    if getattr(net, "window_dependent", False):
+        return True
     kinds = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm)
     return any(isinstance(m, kinds) for m in net.modules())
 

@@ -36,6 +36,11 @@ class ModelEntry(NamedTuple):
 
 MODELS: MappingProxyType[str, ModelEntry] = MappingProxyType(
     {
+        "her_seg": ModelEntry(
+            preset="medseg.models.her_seg.model:her_seg",
+            tiny="medseg.models.her_seg.model:tiny",
+            task="segmentation",
+        ),
         "litemedsam": ModelEntry(
             preset="medseg.models.litemedsam.model:litemedsam",
             tiny="medseg.models.litemedsam.model:tiny",

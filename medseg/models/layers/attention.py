@@ -1,4 +1,7 @@
-"""The one seam from models to :mod:`kernels`: projected multi-head window cross-attention."""
+"""The one seam from models to :mod:`kernels`: projected multi-head window cross-attention, and
+the kernels that models call directly (:func:`kernels.linear_attention` for HER-Seg,
+:func:`kernels.region_attention` / :func:`kernels.region_plan` for RAT), re-exported here so
+that no model package imports ``kernels`` itself."""
 
 from __future__ import annotations
 
@@ -6,9 +9,21 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from kernels import resolve_impl, window_attention
+from kernels import (
+    check_impl,
+    linear_attention,
+    region_attention,
+    region_plan,
+    window_attention,
+)
 
-__all__ = ["WindowCrossAttention"]
+__all__ = [
+    "WindowCrossAttention",
+    "check_impl",
+    "linear_attention",
+    "region_attention",
+    "region_plan",
+]
 
 
 class WindowCrossAttention(nn.Module):
@@ -17,8 +32,10 @@ class WindowCrossAttention(nn.Module):
     Projects queries, keys and values, calls :func:`kernels.window_attention` (query window
     ``q_window`` attends to the key/value window at the same grid position) and projects back.
     With ``q_window == kv_window`` on one map it is window self-attention. The implementation
-    (``"auto"``, ``"torch"``, ``"triton"``; ``None`` reads ``$MEDSEG_KERNELS``) is resolved once
-    here, so a request that cannot run fails at construction.
+    (``"auto"``, ``"torch"``, ``"triton"``; ``None`` reads ``$MEDSEG_KERNELS``) is validated
+    here, so a misspelt name fails at construction, and resolved per call from the device of the
+    inputs (the module may move between CPU and GPU): an explicit ``"triton"`` with CPU inputs
+    raises :class:`kernels.KernelUnavailableError` at the call.
 
     Args:
         spatial_dims: 2 or 3.
@@ -61,7 +78,8 @@ class WindowCrossAttention(nn.Module):
         self.num_heads = num_heads
         self.q_window = _as_tuple(q_window, spatial_dims)
         self.kv_window = _as_tuple(kv_window, spatial_dims)
-        self.impl = resolve_impl(impl, op="window_attention")
+        check_impl(impl, op="window_attention")
+        self.impl = impl
         self.q_proj = nn.Linear(q_dim, dim, bias=qkv_bias)
         self.k_proj = nn.Linear(kv_dim, dim, bias=qkv_bias)
         self.v_proj = nn.Linear(kv_dim, dim, bias=qkv_bias)
