@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.medseg-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: setup demo test test-fast lint format bench clean
+.PHONY: setup chromium demo test test-fast lint format bench clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/medseg demo -o $(DEMO_OUT) --overwrite
 
-test: setup
+# headless Chromium for the viewer's browser test (Debian package; skipped where it cannot be had)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "chromium not installed: the browser test will be skipped"
+
+test: setup chromium
 	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test-fast: setup
@@ -36,8 +42,10 @@ lint: setup
 format: setup
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+# every benchmark, one after another (run them on an otherwise idle machine; tens of minutes)
 bench: setup
-	$(BIN)/python bench/litemedsam.py
+	for b in litemedsam sliding_window kernels her_seg sam_family viewer; do \
+		$(BIN)/python -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(DEMO_OUT) build *.egg-info

@@ -1,1 +1,1 @@
-"""The Gradio viewer (``medseg view``) lands with the viewer issue; nothing here yet."""
+"""Applications on top of the ``medseg`` library: the Gradio viewer (``apps.viewer``)."""

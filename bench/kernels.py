@@ -2,9 +2,9 @@
 
 Usage::
 
-    python bench/kernels.py --quick                 # N = 4,096 and 16,384, 3 repeats
-    python bench/kernels.py --op region --sizes 16384 65536 --repeats 7
-    python bench/kernels.py --device cuda            # adds the Triton paths
+    python -m bench.kernels --quick                 # N = 4,096 and 16,384, 3 repeats
+    python -m bench.kernels --op region --sizes 16384 65536 --repeats 7
+    python -m bench.kernels --device cuda            # adds the Triton paths
 
 Workloads (B = 1, h = 4 heads, d = 32, float32; the square map has side sqrt(N)):
 
@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# `python bench/kernels.py` puts bench/ first on sys.path, where this file shadows the package
+# run as a file, bench/ comes first on sys.path, where this file shadows the package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 import kernels  # noqa: E402
 

@@ -12,8 +12,8 @@ one call each per round after a warm-up, so a load spike hits all of them), peak
 and the max abs error against the float32 reference. Targets (PERF.md §7): >= 30x faster than
 SDPA at N = 16,384 and >= 50x at 65,536; time(65,536) / time(4,096) <= 20.
 
-    .venv/bin/python bench/kernels_linear.py            # N = 4k, 16k, 64k, median of 5
-    .venv/bin/python bench/kernels_linear.py --quick    # h4 d32 only, SDPA up to 16k, 3 rounds
+    .venv/bin/python -m bench.kernels_linear            # N = 4k, 16k, 64k, median of 5
+    .venv/bin/python -m bench.kernels_linear --quick    # h4 d32 only, SDPA up to 16k, 3 rounds
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-# `python bench/kernels_linear.py` puts bench/ first on sys.path, where bench/kernels.py shadows
+# run as a file, bench/ comes first on sys.path, where bench/kernels.py shadows
 # the package
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 from kernels import linear_attention, linear_attention_reference  # noqa: E402

@@ -11,8 +11,8 @@ Rows: ``LiteMedSAMPredictor`` with ``precision="auto"`` (bf16 on CPUs with AVX51
 on CUDA) at its default look-ahead batch; ``--extra`` adds ours in fp32, ours at batch 8 and the
 fp32 noise floor (the baseline with N(0, 0.1 grey level) added to its input).
 
-    .venv/bin/python bench/litemedsam.py              # full run, median of 3
-    .venv/bin/python bench/litemedsam.py --quick      # smoke run: 9 slices, 1 repeat
+    .venv/bin/python -m bench.litemedsam              # full run, median of 3
+    .venv/bin/python -m bench.litemedsam --quick      # smoke run: 9 slices, 1 repeat
 """
 
 from __future__ import annotations

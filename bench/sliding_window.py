@@ -3,8 +3,9 @@
 Baseline: ``monai.inferers.sliding_window_inference`` as a user writes it for a net trained on
 96^3 patches: fp32, ``roi_size`` = the patch, ``sw_batch_size=1``, overlap 0.5 (nnU-Net's),
 Gaussian blending. Ours: :meth:`medseg.inference.automatic.AutomaticSegmenter.predict_logits`
-with its defaults (bf16 autocast on CPUs with AVX512-BF16/AMX and on CUDA; ``sw_batch_size=2``;
-the window grown from the patch up to 8x its voxels for nets without instance/group norm).
+with its defaults (fp32 on CPU, bf16 autocast on CUDA; ``sw_batch_size=2``; the window grown
+from the patch up to 8x its voxels for nets without instance/group norm), and with
+``precision="bf16"`` (bf16 autocast on this AMX CPU).
 Both run the **same** weights: PERF.md §4's MONAI UNet (channels 16..256, strides 2x4, 2
 residual units, 14 classes; instance norm = MONAI's default, and batch norm, whose eval-mode
 output does not depend on the window) on a 1x1xS^3 phantom (S = 192) of 13 blobs with distinct
@@ -20,8 +21,8 @@ call each), so a load spike from other processes hits all of them; the median is
 Training throughput: forward + backward + AdamW step of WAU tiny and WAU base on random patches,
 samples/s.
 
-    .venv/bin/python bench/sliding_window.py               # full run, median of 3
-    .venv/bin/python bench/sliding_window.py --quick       # smoke: S = 64, patch 32, 1 repeat
+    .venv/bin/python -m bench.sliding_window               # full run, median of 3
+    .venv/bin/python -m bench.sliding_window --quick       # smoke: S = 64, patch 32, 1 repeat
 """
 
 from __future__ import annotations
@@ -161,8 +162,8 @@ def sliding_variants(net: torch.nn.Module, patch: int, extra: bool) -> list[tupl
             ("ours bf16, roi = patch", ours(precision="bf16", roi="patch")),
         ]
     rows += [
-        ("ours fp32 (roi auto, sw_batch 2)", ours(precision="fp32")),
-        ("**ours, defaults** (auto precision, roi auto, sw_batch 2)", ours()),
+        ("**ours, defaults** (CPU: fp32, roi auto, sw_batch 2)", ours()),
+        ("ours --precision bf16 (roi auto, sw_batch 2)", ours(precision="bf16")),
     ]
     return rows
 

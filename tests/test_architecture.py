@@ -91,3 +91,28 @@ def test_models_reach_kernels_through_one_seam():
             if any(n == "kernels" or n.startswith("kernels.") for n in names):
                 importers.append(path)
     assert set(importers) == {seam}, [str(p.relative_to(ROOT)) for p in importers]
+
+
+def test_only_the_cli_imports_apps():
+    """``apps`` sits on top of the library: no medseg package but ``cli`` may import it."""
+    for path in sorted((ROOT / "medseg").rglob("*.py")):
+        if "cli" in path.relative_to(ROOT).parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module]
+            assert not any(n.split(".")[0] == "apps" for n in names), path.relative_to(ROOT)
+
+
+def test_import_apps_viewer_is_light():
+    """``medseg view`` sets GRADIO_TEMP_DIR before Gradio loads, so the package must not load it."""
+    code = (
+        "import sys, apps.viewer, apps.viewer.launch, apps.viewer.state, apps.viewer.opening;"
+        "print(sorted({'gradio', 'torch'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"

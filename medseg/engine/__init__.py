@@ -1,5 +1,6 @@
 """LightningModules ("tasks"): they own losses, metrics and optimisers; nets are injected."""
 
+from medseg.engine.promptable import PromptableSegmentationTask
 from medseg.engine.segmentation import NonFiniteLossError, SegmentationTask
 
-__all__ = ["NonFiniteLossError", "SegmentationTask"]
+__all__ = ["NonFiniteLossError", "PromptableSegmentationTask", "SegmentationTask"]

@@ -6,7 +6,7 @@
    (:func:`medseg.transforms.preprocess.inference_transforms` without its file loader): RAS,
    target spacing, intensity normalisation -> ``(C, X', Y', Z')`` on the model grid;
 2. logits ``(K, X', Y', Z')`` by Gaussian-weighted sliding windows (MONAI
-   ``sliding_window_inference``) under bf16 autocast where the hardware is fast at it, with
+   ``sliding_window_inference``) under bf16 autocast on CUDA (fp32 on CPU by default), with
    optional mirror test-time augmentation per window (all flips of the spatial axes: 8 passes
    in 3-D, 4 in 2-D). A 2-D net runs slice by slice across ``preprocessing["slice_axis"]``;
 3. argmax on the model grid, then that single label channel goes back onto the input grid with
@@ -92,8 +92,10 @@ class AutomaticSegmenter:
             reduced to its first entry); put in eval mode and moved to ``device``.
         preprocessing: the dict of :mod:`medseg.transforms.preprocess` the net was trained with.
         device: ``"auto"`` | ``"cpu"`` | ``"cuda[:N]"``.
-        precision: ``"auto"`` (bf16 on CUDA and on CPUs with AMX/AVX512-BF16) | ``"bf16"`` |
-            ``"fp32"``.
+        precision: ``"auto"`` (bf16 autocast on CUDA, as nnU-Net does; **fp32 on CPU**, so the
+            labels equal the fp32 reference) | ``"bf16"`` (on AMX/AVX512-BF16 CPUs about 2-3x
+            faster, but it flips voxels whose top two logits nearly tie; see the README's
+            sliding-window table) | ``"fp32"``.
         overlap: window overlap fraction in ``[0, 1)`` (0.5 = nnU-Net).
         sw_batch_size: windows per forward pass; default 2 in 3-D (PERF.md §4), 8 for 2-D slices.
         roi: ``"auto"`` | ``"patch"`` | explicit window size (``len == spatial_dims``).
@@ -135,7 +137,9 @@ class AutomaticSegmenter:
                 "bad_argument", f"roi needs {self.spatial_dims} sizes for this model, got {roi}"
             )
         self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
+        # CPU "auto" stays fp32: bf16 changed labels of near-tied voxels in bench/sliding_window
+        cpu_auto = precision == "auto" and self.device.type == "cpu"
+        self.precision = "fp32" if cpu_auto else resolve_precision(precision, self.device)
         self.net = net.eval().to(self.device)
         # a net that does not declare its size divisor runs at the trained patch, unchanged
         self.divisor = int(getattr(net, "size_divisor", 1))

@@ -36,6 +36,11 @@ class ModelEntry(NamedTuple):
 
 MODELS: MappingProxyType[str, ModelEntry] = MappingProxyType(
     {
+        "db_sam": ModelEntry(
+            preset="medseg.models.db_sam.model:db_sam_vit_b",
+            tiny="medseg.models.db_sam.model:tiny",
+            task="promptable",
+        ),
         "her_seg": ModelEntry(
             preset="medseg.models.her_seg.model:her_seg",
             tiny="medseg.models.her_seg.model:tiny",
@@ -44,6 +49,11 @@ MODELS: MappingProxyType[str, ModelEntry] = MappingProxyType(
         "litemedsam": ModelEntry(
             preset="medseg.models.litemedsam.model:litemedsam",
             tiny="medseg.models.litemedsam.model:tiny",
+            task="promptable",
+        ),
+        "sam2_sgp": ModelEntry(
+            preset="medseg.models.sam2_sgp.model:sam2_sgp_hiera_s",
+            tiny="medseg.models.sam2_sgp.model:tiny",
             task="promptable",
         ),
         "unet": ModelEntry(

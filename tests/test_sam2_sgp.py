@@ -1,0 +1,226 @@
+"""SAM2-SGP (medseg.models.sam2_sgp): LoRA, support selection, PMA, 3-D bank, checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medseg.errors import ModelError
+from medseg.models import MODELS, build_model
+from medseg.models.sam2_sgp import (
+    SAM2SGP,
+    box_from_logits,
+    load_sam2_weights,
+    sam2_sgp_hiera_s,
+    sam2_sgp_hiera_t,
+    select_supports,
+    tiny,
+)
+from medseg.models.sam2_sgp.lora import LoRAQKV
+from medseg.models.sam2_sgp.weights import sam2_keys
+
+
+def _data(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 1, 64, 64, generator=g)
+    m = torch.zeros(n, 1, 64, 64)
+    m[:, :, 10:40, 20:50] = 1
+    return x, m
+
+
+def test_registered_as_promptable():
+    assert MODELS["sam2_sgp"].task == "promptable"
+    assert isinstance(build_model("sam2_sgp", tiny=True), SAM2SGP)
+
+
+def test_lora_covers_q_and_v_fully_at_stage_transitions():
+    net = tiny()
+    trunk = net.sam2.image_encoder.trunk
+    transitions = [b for b in trunk.blocks if b.dim != b.dim_out]
+    assert transitions
+    for block in trunk.blocks:
+        qkv = block.attn.qkv
+        assert isinstance(qkv, LoRAQKV) and qkv.lora_b_q.shape == (block.dim_out, 4)
+        assert not qkv.weight.requires_grad and qkv.lora_a_q.requires_grad
+    qkv = transitions[0].attn.qkv
+    with torch.no_grad():
+        qkv.lora_b_q.fill_(1.0)
+        qkv.lora_b_v.fill_(1.0)
+        x = torch.randn(2, qkv.in_features)
+        delta = qkv(x) - torch.nn.functional.linear(x, qkv.weight, qkv.bias)
+    d = qkv.dim_out
+    assert (delta[:, :d] != 0).all() and (delta[:, 2 * d :] != 0).all()
+    assert (delta[:, d : 2 * d] == 0).all()
+
+
+def test_support_selection_is_deterministic_top_k_and_respects_exclusions():
+    q = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    s = torch.nn.functional.normalize(torch.tensor([[1.0, 0.1], [0.0, 1.0], [1.0, 0.0]]), dim=1)
+    idx = select_supports(q, s, 2)
+    assert idx.tolist() == [[2, 0], [1, 0]]
+    assert torch.equal(idx, select_supports(q, s, 2))
+    exclude = torch.tensor([[False, False, True], [False, True, False]])
+    assert select_supports(q, s, 1, exclude=exclude).tolist() == [[0], [0]]
+    assert select_supports(q, s, 5).shape == (2, 3)
+    gen = torch.Generator().manual_seed(0)
+    assert select_supports(q, s, 2, generator=gen).shape == (2, 2)
+
+
+def test_box_from_pseudo_mask_and_full_image_when_empty():
+    logits = torch.full((2, 1, 16, 16), -5.0)
+    logits[0, 0, 2:4, 5:8] = 5.0
+    boxes = box_from_logits(logits, 64)
+    assert boxes[0].tolist() == [20.0, 8.0, 31.0, 15.0]
+    assert boxes[1].tolist() == [0.0, 0.0, 63.0, 63.0]
+
+
+def test_pma_output_changes_with_the_pseudo_mask():
+    """Regression: the released PMA is a no-op (channel softmax of a 1-channel mask)."""
+    torch.manual_seed(0)
+    net = tiny().eval()
+    pma = net.pma_decoder
+    b, c, g = 1, 32, 4
+    args = dict(
+        image_embeddings=torch.randn(b, c, g, g),
+        image_pe=torch.randn(1, c, g, g),
+        sparse=torch.randn(b, 2, c),
+        dense=torch.randn(b, c, g, g),
+        high_res=(torch.randn(b, c // 8, 4 * g, 4 * g), torch.randn(b, c // 4, 2 * g, 2 * g)),
+        up_embed=torch.randn(b, c // 8, 4 * g, 4 * g),
+    )
+    ones = torch.ones(b, 1, g, g)
+    half = ones.clone()
+    half[..., : g // 2] = 0.01
+    with torch.no_grad():
+        a = pma(pseudo_prob=ones, **args)
+        bb = pma(pseudo_prob=half, **args)
+        c2 = pma(pseudo_prob=half * 0.5 + 0.25, **args)
+    assert a.shape == (b, 1, 16 * g, 16 * g)
+    assert (a - bb).abs().max() > 1e-3 and (bb - c2).abs().max() > 1e-3
+
+
+def test_token_mixer_option_runs():
+    net = tiny(token_mixer=True)
+    x, m = _data(2)
+    out = net(x, x, m)
+    assert out.shape == (2, 1, 64, 64) and net.pma_decoder.token_mixer is not None
+
+
+def test_frozen_trunk_gets_no_gradient_and_one_step_changes_only_trainable_parts():
+    torch.manual_seed(0)
+    net = tiny()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
+    x, m = _data()
+    net(x, x[:2], m[:2]).square().mean().backward()
+    trunk = net.sam2.image_encoder.trunk
+    for name, p in trunk.named_parameters():
+        assert (p.grad is not None) == ("lora_" in name), name
+    opt.step()
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trunk_changed = {k for k in changed if k.startswith("sam2.image_encoder.trunk.")}
+    assert trunk_changed and all(".lora_" in k for k in trunk_changed)
+    for part in ("pma_decoder.", "sam2.sam_mask_decoder.", "sam2.memory_attention."):
+        assert any(k.startswith(part) for k in changed), part
+
+
+def test_3d_propagation_keeps_a_bounded_memory_bank():
+    net = tiny().eval()
+    x, m = _data(5)
+    with torch.no_grad():
+        support = net.support_memory(net.encode_images(x[:2]), m[:2])
+        out = net.segment_stack(x, support, bank_size=2)
+    assert out["logits"].shape == (5, 1, 64, 64) and out["boxes"].shape == (5, 4)
+    assert out["bank_sizes"].tolist() == [0, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("config", ["t", "s"])
+def test_sam2_part_matches_build_sam2_and_loads_strictly(config, tmp_path):
+    from sam2.build_sam import build_sam2
+
+    ref = build_sam2(
+        f"configs/sam2.1/sam2.1_hiera_{config}.yaml",
+        ckpt_path=None,
+        device="cpu",
+        apply_postprocessing=False,
+    )
+    official = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    path = tmp_path / "sam2.pt"
+    torch.save({"model": ref.state_dict()}, path)
+    del ref
+    preset = sam2_sgp_hiera_t if config == "t" else sam2_sgp_hiera_s
+    net = preset(sam2_checkpoint=str(path))
+    own = net.sam2.state_dict()
+    assert {k: tuple(own[k].shape) for k in sam2_keys(net)} == official
+    ref_sd = torch.load(path, weights_only=True)["model"]
+    key = "image_encoder.trunk.blocks.3.attn.qkv.weight"
+    assert torch.equal(own[key], ref_sd[key])
+    assert torch.equal(
+        net.pma_decoder.mask_tokens.weight, ref_sd["sam_mask_decoder.mask_tokens.weight"]
+    )
+
+
+def test_wrong_sam2_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"model": {"image_encoder.foo": torch.zeros(1)}}, path)
+    net = tiny()
+    with pytest.raises(ModelError, match="missing keys"):
+        load_sam2_weights(net, path)
+
+
+def test_tiny_overfits_a_few_slices_leave_one_out():
+    from test_db_sam import _ellipses
+
+    from medseg.engine import PromptableSegmentationTask
+    from medseg.engine.promptable import from_frame, to_frame
+    from medseg.metrics import SegmentationMetrics
+
+    torch.manual_seed(0)
+    x, y = _ellipses(4)
+    task = PromptableSegmentationTask(tiny(), hd95=False)
+    opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=3e-3)
+    frame, resized = to_frame(x, 64)
+    target, _ = to_frame(y.float(), 64, mode="nearest")
+    exclude = torch.eye(4, dtype=torch.bool)
+    dice = 0.0
+    for step in range(1, 81):
+        task.train()
+        loss = task.training_step({"image": x, "label": y}, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 10 == 0:
+            net = task.net.eval()
+            with torch.no_grad():
+                feats = net.encode_images(frame)
+                support = net.support_memory(feats, target)
+                logits = net.predict(feats, support, exclude=exclude)["logits"]
+            pred = (from_frame(logits, 64, resized, y.shape[2:]) > 0).long()
+            metrics = SegmentationMetrics(2, hd95=False)
+            metrics.update(pred, y)
+            dice = float(metrics.compute()["dice"])
+            if dice >= 0.9:
+                break
+    assert dice >= 0.9, f"leave-one-out dice {dice:.3f} after {step} steps"
+
+
+def test_support_folder_layouts(tmp_path):
+    from medseg.errors import InputError
+    from medseg.inference.sam_family import support_pairs
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for name in ("a.nii.gz", "a_label.nii.gz", "b.nii.gz", "b_seg.nii.gz", "c.nii.gz", "x.txt"):
+        (flat / name).write_bytes(b"")
+    assert [(i.name, lab.name) for i, lab in support_pairs(flat)] == [
+        ("a.nii.gz", "a_label.nii.gz"),
+        ("b.nii.gz", "b_seg.nii.gz"),
+    ]
+    nested = tmp_path / "nested"
+    for sub in ("images", "labels"):
+        (nested / sub).mkdir(parents=True)
+        (nested / sub / "p1.nii.gz").write_bytes(b"")
+    assert len(support_pairs(nested)) == 1
+    with pytest.raises(InputError, match="no image/label pairs"):
+        support_pairs(tmp_path / "flat" / ".." / "nested" / "images")
