@@ -108,7 +108,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         choices=("auto", "fp32", "bf16"),
         default="auto",
         help="auto: LiteMedSAM encoder in bf16 where the hardware is fast at it; automatic mode "
-        "bf16 on CUDA, fp32 on CPU (exact labels; --precision bf16 is faster on AMX CPUs)",
+        "bf16 on CUDA, fp32 on CPU (exact labels; --precision bf16 is faster on bf16-capable CPUs)",
     )
 
 

@@ -93,7 +93,7 @@ class AutomaticSegmenter:
         preprocessing: the dict of :mod:`medseg.transforms.preprocess` the net was trained with.
         device: ``"auto"`` | ``"cpu"`` | ``"cuda[:N]"``.
         precision: ``"auto"`` (bf16 autocast on CUDA, as nnU-Net does; **fp32 on CPU**, so the
-            labels equal the fp32 reference) | ``"bf16"`` (on AMX/AVX512-BF16 CPUs about 2-3x
+            labels equal the fp32 reference) | ``"bf16"`` (on AMX/AVX512-BF16 CPUs up to 2-3x
             faster, but it flips voxels whose top two logits nearly tie; see the README's
             sliding-window table) | ``"fp32"``.
         overlap: window overlap fraction in ``[0, 1)`` (0.5 = nnU-Net).
