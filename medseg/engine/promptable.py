@@ -31,6 +31,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from medseg.engine.guards import NonFiniteLossError, check_finite_gradients, check_finite_weights
 from medseg.engine.prompts import (
     boxes_from_masks,
     from_frame,
@@ -38,7 +39,7 @@ from medseg.engine.prompts import (
     low_res_target,
     to_frame,
 )
-from medseg.engine.segmentation import NonFiniteLossError, _plain, _slug
+from medseg.engine.segmentation import _plain, _slug
 from medseg.errors import ModelError
 from medseg.metrics import SegmentationMetrics
 
@@ -192,14 +193,7 @@ class PromptableSegmentationTask(LightningModule):
         del bank[: max(0, len(bank) - self.support_bank)]
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if str(self.trainer.precision).startswith("16"):
-            return
-        for p in self.parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFiniteLossError(
-                    f"non-finite gradient at step {self.global_step}; training stopped, "
-                    "the last good checkpoint is kept"
-                )
+        check_finite_gradients(self)
 
     # evaluation --------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -340,12 +334,7 @@ class PromptableSegmentationTask(LightningModule):
                 c: [((img * 255).round().to(torch.uint8), m.to(torch.uint8)) for img, m in items]
                 for c, items in self._bank.items()
             }
-        for name, value in checkpoint.get("state_dict", {}).items():
-            if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
-                raise NonFiniteLossError(
-                    f"refusing to save a checkpoint with non-finite weights ({name}) at step "
-                    f"{self.global_step}; the last good checkpoint is kept"
-                )
+        check_finite_weights(checkpoint, self.global_step)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         bank = checkpoint.get("support_bank") or {}

@@ -25,6 +25,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from medseg.engine.guards import (
+    NonFiniteLossError,
+    check_finite_gradients,
+    check_finite_weights,
+)
 from medseg.errors import ModelError
 from medseg.losses import DeepSupervisionLoss
 from medseg.metrics import SegmentationMetrics
@@ -32,13 +37,6 @@ from medseg.metrics import SegmentationMetrics
 __all__ = ["NonFiniteLossError", "SegmentationTask"]
 
 SCHEDULES = ("poly", "cosine", "constant")
-
-
-class NonFiniteLossError(ModelError):
-    """Training produced a NaN/Inf loss or gradient (exit 4); nothing was stepped or saved."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("non_finite_loss", message)
 
 
 class SegmentationTask(LightningModule):
@@ -146,14 +144,7 @@ class SegmentationTask(LightningModule):
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        if str(self.trainer.precision).startswith("16"):
-            return  # fp16 loss scaling skips steps with inf gradients by design
-        for p in self.parameters():
-            if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise NonFiniteLossError(
-                    f"non-finite gradient at step {self.global_step}; training stopped, "
-                    "the last good checkpoint is kept"
-                )
+        check_finite_gradients(self)
 
     # evaluation --------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -227,12 +218,7 @@ class SegmentationTask(LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        for name, value in checkpoint.get("state_dict", {}).items():
-            if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all():
-                raise NonFiniteLossError(
-                    f"refusing to save a checkpoint with non-finite weights ({name}) at step "
-                    f"{self.global_step}; the last good checkpoint is kept"
-                )
+        check_finite_weights(checkpoint, self.global_step)
 
     # helpers -----------------------------------------------------------------------------------
     @property
