@@ -153,9 +153,15 @@ def test_random_sigkills_always_leave_a_loadable_last_ckpt(tmp_path):
                 proc.kill()
         steps.append(_ckpt(ckpts / "last.ckpt")["global_step"])  # loads after every kill
     assert steps == sorted(steps) and steps[-1] > steps[0]
+    # Where the last save fell (validation end, epoch end) decides whether Lightning counts the
+    # restored epoch as finished, so the restart is judged by the epochs it processes and by new
+    # steps, not by an exact count (test_sigterm_mid_epoch_exits_143_and_resumes checks that).
+    end_epoch = _ckpt(ckpts / "last.ckpt")["epoch"] + 3
     assert main(["fit", "--config", str(cfg), "--ckpt_path", "last",
-                 "--trainer.max_epochs", str(steps[-1] + 2)]) == 0  # fmt: skip
-    assert _ckpt(ckpts / "last.ckpt")["global_step"] == steps[-1] + 2
+                 "--trainer.max_epochs", str(end_epoch)]) == 0  # fmt: skip
+    final = _ckpt(ckpts / "last.ckpt")
+    assert final["loops"]["fit_loop"]["epoch_progress"]["total"]["processed"] >= end_epoch - 1
+    assert steps[-1] + 1 <= final["global_step"] <= steps[-1] + 3
     assert not [p for p in (tmp_path / "run" / ".tmp").glob("tmp*")], "orphan temp files"
     assert len(list(ckpts.glob("epoch=*.ckpt"))) == 1  # top-1 only, stale files pruned
 
