@@ -22,18 +22,31 @@ def test_every_model_and_dataset_has_an_experiment():
         f"{m}_{d}"
         for m in ("unet", "wau", "db_sam", "sam2_sgp")
         for d in ("acdc", "task01", "task02", "task04")
-    } | {"her_seg_task02"}
+    } | {
+        "her_seg_task02",
+        "rat_acdc",
+        "rat_task02",
+        "rat_task09_lowdose",
+        "disgan_task01",
+        "disgan_task02",
+    }
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_print_config(path, capsys):
     assert main(["fit", "--config", str(path), "--print_config"]) == 0
     cfg = yaml.safe_load(capsys.readouterr().out)
-    tasks = {"medseg.engine.SegmentationTask", "medseg.engine.PromptableSegmentationTask"}
-    assert cfg["model"]["class_path"] in tasks
-    assert cfg["data"]["class_path"] == "medseg.data.SegmentationDataModule"
+    pairs = {
+        "medseg.engine.SegmentationTask": "medseg.data.SegmentationDataModule",
+        "medseg.engine.PromptableSegmentationTask": "medseg.data.SegmentationDataModule",
+        "medseg.engine.RestorationTask": "medseg.data.RestorationDataModule",
+        "medseg.engine.AdversarialRestorationTask": "medseg.data.RestorationDataModule",
+    }
+    assert pairs[cfg["model"]["class_path"]] == cfg["data"]["class_path"]
     assert not Path(cfg["data"]["init_args"]["prep_dir"]).is_absolute()  # no hard-coded paths
     assert cfg["trainer"]["accelerator"] == "gpu"
+    if cfg["model"]["class_path"] == "medseg.engine.AdversarialRestorationTask":
+        assert cfg["trainer"]["gradient_clip_val"] is None  # manual optimisation refuses it
 
 
 def test_group_files_and_overrides_compose(capsys):

@@ -32,7 +32,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from medseg import __version__
-    from medseg.cli import demo, evaluate, prepare, segment, view
+    from medseg.cli import demo, evaluate, prepare, restore, segment, view
 
     parser = _ArgumentParser(
         prog="medseg",
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
     sub.required = True
     segment.add_parser(sub, parents=[common])
+    restore.add_parser(sub, parents=[common])
     demo.add_parser(sub, parents=[common])
     prepare.add_parser(sub, parents=[common])
     evaluate.add_parser(sub, parents=[common])

@@ -10,7 +10,8 @@ Usage (see ``configs/README.md``)::
 A run folder is ``trainer.default_root_dir``; it holds ``config.yaml`` (the resolved config of
 the latest ``fit``; ``config_<subcommand>.yaml`` for the others), ``metrics.csv`` (CSVLogger),
 ``tensorboard/`` (when tensorboard is installed), ``checkpoints/`` (``last.ckpt``, the best
-``epoch=E-step=S-dice=D.ckpt`` on ``val/dice``, ``on_exception.ckpt``) and ``predictions/``.
+``epoch=E-step=S-dice=D.ckpt`` on ``val/dice``; ``...-psnr=P.ckpt`` on ``val/psnr`` for
+restoration), ``on_exception.ckpt`` and ``predictions/``.
 
 Exit codes: 0 ok; 2 bad arguments/config or a case that cannot be read; 3 a run file could not
 be written (disk full, quota: the previous checkpoints stay intact); 4 non-finite loss;
@@ -65,7 +66,10 @@ _LINKS = (  # (data attribute, model target, compute_fn); read after the data mo
     ("data.preprocessing", f"{_NET}.spatial_dims", _dims),
     ("data.in_channels", f"{_NET}.in_channels", None),
     ("data.num_classes", f"{_NET}.out_channels", None),
+    ("data.restoration", "model.init_args.restoration", None),
 )
+# a link whose source attribute the chosen data module lacks is skipped (jsonargparse), so the
+# segmentation links never touch a restoration run and vice versa
 
 
 class SegmentationWriter(BasePredictionWriter):
@@ -116,12 +120,13 @@ class MedsegCLI(LightningCLI):
         if config.get("logger") in (None, True):
             config["logger"] = _default_loggers(root)
         ckpt_dir = root / "checkpoints"
+        metric = str(getattr(self.model, "checkpoint_metric", "val/dice"))  # best by this
         ours: list[Callback] = [
             ModelCheckpoint(
                 dirpath=ckpt_dir,
-                filename="epoch={epoch}-step={step}-dice={val/dice:.4f}",
+                filename=f"epoch={{epoch}}-step={{step}}-{metric.split('/')[-1]}={{{metric}:.4f}}",
                 auto_insert_metric_name=False,
-                monitor="val/dice",
+                monitor=metric,
                 mode="max",
                 save_top_k=1,
                 save_last=True,

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-import warnings
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningDataModule
 from monai.data import CacheDataset, DataLoader, PersistentDataset
 from torch.utils.data import Dataset, RandomSampler
 
+from medseg.data.prepared import PreparedDataModule
 from medseg.errors import InputError, MedsegError
 from medseg.transforms.preprocess import (
     inference_transforms,
@@ -48,7 +46,7 @@ class CaseLoadError(InputError):
         super().__init__("case_load", message)
 
 
-class SegmentationDataModule(LightningDataModule):
+class SegmentationDataModule(PreparedDataModule):
     """Dataloaders over ``PREP/{dataset,splits,fingerprint}.json`` for one cross-validation fold.
 
     Args:
@@ -93,15 +91,13 @@ class SegmentationDataModule(LightningDataModule):
         seed: int = 12345,
         root: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(prep_dir, fold=fold, root=root)
         if spatial_dims not in (None, 2, 3):
             raise ValueError(f"spatial_dims must be 2, 3 or None, got {spatial_dims}")
         if batch_size < 1 or samples_per_volume < 1:
             raise ValueError("batch_size and samples_per_volume must be >= 1")
         if not 0.0 <= cache_rate <= 1.0:
             raise ValueError(f"cache_rate must be in [0, 1], got {cache_rate}")
-        self.prep_dir = prep_dir
-        self.fold = fold
         self.spatial_dims = spatial_dims
         self.patch_size = patch_size
         self.batch_size = batch_size
@@ -113,30 +109,7 @@ class SegmentationDataModule(LightningDataModule):
         self.augment = augment
         self.pos_fraction = pos_fraction
         self.seed = seed
-        self.root = root
         self.datasets: dict[str, Dataset] = {}
-
-    # prepared files (lazy) -------------------------------------------------------------------
-    @property
-    def prep_path(self) -> Path:
-        p = Path(self.prep_dir).expanduser()
-        env = os.environ.get("MEDSEG_DATA_ROOT")
-        return p if p.is_absolute() or not env else Path(env).expanduser() / p
-
-    @cached_property
-    def _prepared(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        from data_prep import load_prepared
-
-        return load_prepared(self.prep_path, root=self.root)
-
-    @property
-    def dataset(self) -> dict[str, Any]:
-        """Parsed ``dataset.json`` (``root`` already replaced when ``root`` is given)."""
-        return self._prepared[0]
-
-    @property
-    def fingerprint(self) -> dict[str, Any]:
-        return self._prepared[2]
 
     @cached_property
     def preprocessing(self) -> dict[str, Any]:
@@ -153,48 +126,6 @@ class SegmentationDataModule(LightningDataModule):
     @property
     def in_channels(self) -> int:
         return len(self.preprocessing["channel_names"])
-
-    def cases(self, split: str) -> list[dict[str, Any]]:
-        """Items ``{"image", "label"?, "case"}`` (absolute paths) of ``train``/``val``/``test``.
-
-        ``test`` is the labelled part of ``dataset.json``'s test list; when it has no labels
-        (MSD), the fold's validation cases are used instead, with a warning.
-        """
-        ds, splits = self.dataset, self._prepared[1]
-        if split in ("train", "val"):
-            folds = splits["folds"]
-            if not 0 <= self.fold < len(folds):
-                raise InputError("bad_argument", f"fold {self.fold} not in 0..{len(folds) - 1}")
-            wanted = set(folds[self.fold][split])
-            entries = [e for e in ds["training"] if e["case"] in wanted]
-            missing = wanted - {e["case"] for e in entries}
-            if missing:
-                raise InputError(
-                    "bad_prepared",
-                    f"splits.json names cases missing from dataset.json: {sorted(missing)[:5]}",
-                    path=str(self.prep_path / "splits.json"),
-                )
-        elif split == "test":
-            entries = [e for e in ds["test"] if e.get("label")]
-            if not entries:
-                warnings.warn(
-                    "the test list has no labels; testing on the validation cases of fold "
-                    f"{self.fold}",
-                    stacklevel=2,
-                )
-                return self.cases("val")
-        elif split == "predict":
-            entries = list(ds["test"])
-        else:
-            raise ValueError(f"unknown split {split!r}")
-        root = Path(ds["root"])
-        items = []
-        for e in entries:
-            item = {"case": e["case"], "image": str(root / e["image"])}
-            if e.get("label") and split != "predict":
-                item["label"] = str(root / e["label"])
-            items.append(item)
-        return items
 
     # Lightning hooks ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

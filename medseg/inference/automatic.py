@@ -391,6 +391,7 @@ def load_segmentation_checkpoint(
             "state_dict and hyper_parameters; truncated or corrupt?)",
             path=where,
         )
+    _refuse_restoration(path)
     try:
         task = SegmentationTask.load_from_checkpoint(
             path, map_location=device, weights_only=not trusted
@@ -410,3 +411,15 @@ def load_segmentation_checkpoint(
     if not task.preprocessing:
         raise ModelError("no_preprocessing", "checkpoint holds no preprocessing", path=where)
     return task.net, dict(task.preprocessing)
+
+
+def _refuse_restoration(path: str | os.PathLike[str]) -> None:
+    """A restoration checkpoint given to a segmentation command: say which command to use."""
+    from medseg.inference.restoration import is_restoration_checkpoint
+
+    if is_restoration_checkpoint(path):
+        raise ModelError(
+            "restoration_checkpoint",
+            "a restoration checkpoint, not a segmentation one: use `medseg restore`",
+            path=str(path),
+        )

@@ -1,5 +1,6 @@
-"""Segmentation metrics: thin helpers over MONAI ``DiceMetric`` / ``HausdorffDistanceMetric``."""
+"""Metrics: thin helpers over MONAI (Dice/HD95 for segmentation, PSNR/SSIM for restoration)."""
 
+from medseg.metrics.restoration import RestorationMetrics, psnr, ssim
 from medseg.metrics.segmentation import SegmentationMetrics
 
-__all__ = ["SegmentationMetrics"]
+__all__ = ["RestorationMetrics", "SegmentationMetrics", "psnr", "ssim"]

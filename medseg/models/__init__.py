@@ -41,6 +41,11 @@ MODELS: MappingProxyType[str, ModelEntry] = MappingProxyType(
             tiny="medseg.models.db_sam.model:tiny",
             task="promptable",
         ),
+        "disgan": ModelEntry(
+            preset="medseg.models.disgan.model:disgan",
+            tiny="medseg.models.disgan.model:tiny",
+            task="adversarial",
+        ),
         "her_seg": ModelEntry(
             preset="medseg.models.her_seg.model:her_seg",
             tiny="medseg.models.her_seg.model:tiny",
@@ -50,6 +55,11 @@ MODELS: MappingProxyType[str, ModelEntry] = MappingProxyType(
             preset="medseg.models.litemedsam.model:litemedsam",
             tiny="medseg.models.litemedsam.model:tiny",
             task="promptable",
+        ),
+        "rat": ModelEntry(
+            preset="medseg.models.rat.model:rat",
+            tiny="medseg.models.rat.model:tiny",
+            task="restoration",
         ),
         "sam2_sgp": ModelEntry(
             preset="medseg.models.sam2_sgp.model:sam2_sgp_hiera_s",

@@ -1,0 +1,184 @@
+"""``medseg restore``: denoise, super-resolve or translate a volume with a restoration checkpoint.
+
+    medseg restore scan.nii.gz -o out/ --checkpoint runs/rat_acdc/fold0/checkpoints/last.ckpt
+    medseg restore t1.nii.gz -o t1_x2.nii.gz --checkpoint disgan.ckpt --scale 2
+
+``-o`` is a folder (``<name>_restored.nii.gz`` and ``<name>_restore.json`` are written there) or
+a volume file name (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``; the JSON goes next to
+it). Intensities come back in the input's units (HU stays HU). Geometry: denoising keeps the
+input grid exactly; super-resolution by ``s`` keeps the physical extent and the orientation with
+``s`` times the voxels (``1/s`` the spacing) along the upsampled axes (all three for a 3-D model
+such as DISGAN, the in-plane axes for a 2-D model such as RAT). ``--scale`` is a check: it must
+equal the checkpoint's factor.
+
+RAT needs a region partition of every slice: ``--regions sam`` (the shipped LiteMedSAM prompted
+by a point grid: the faithful stand-in for SAM's automatic masks), ``kmeans`` (fast, not
+faithful) or ``none`` (one region per slice: global attention). The default is what the model
+was trained with.
+
+``--seg-checkpoint CKPT --reference LABELS`` also segments the input and the restored volume
+with a ``medseg fit`` segmentation checkpoint and reports the change in Dice against LABELS
+(``downstream`` in the JSON). Exit codes as ``medseg segment``: 2 input/arguments, 3 output,
+4 checkpoint. Outputs are written atomically and never over the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from medseg.errors import InputError
+
+_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+
+def add_parser(sub, parents) -> None:
+    from .segment import add_input_arguments
+
+    p = sub.add_parser(
+        "restore",
+        parents=parents,
+        help="restore a volume (denoise / super-resolve) with a restoration checkpoint",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", help="NIfTI, NRRD, MHA/MHD file or a DICOM series folder")
+    p.add_argument("-o", "--output", required=True, help="output folder or volume file name")
+    p.add_argument("--checkpoint", required=True, help="restoration checkpoint from medseg fit")
+    p.add_argument("--scale", type=int, default=None, help="expected upsampling factor (check)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (0.5)")
+    p.add_argument("--roi", default=None, help="window size on the input grid, e.g. 256,256")
+    p.add_argument("--batch-size", type=int, default=None, help="windows (2-D: slices) per pass")
+    p.add_argument(
+        "--regions",
+        choices=("auto", "sam", "kmeans", "none"),
+        default="auto",
+        help="RAT region partitions (default: as trained)",
+    )
+    p.add_argument("--seg-checkpoint", default=None, help="segmentation checkpoint (downstream)")
+    p.add_argument("--reference", default=None, help="label map for the downstream Dice")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow checkpoints holding arbitrary pickled objects (trusted sources only)",
+    )
+    add_input_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.inference.restoration import Restorer
+    from medseg.io import cleanup_orphan_temps, load_volume, save_volume
+
+    from .outputs import case_name, write_bytes_atomic
+
+    started = time.perf_counter()
+    if (args.seg_checkpoint is None) != (args.reference is None):
+        raise InputError("bad_argument", "--seg-checkpoint and --reference go together")
+    roi = _sizes(args.roi)
+    image_path, report_path = _outputs(args, case_name(args.input))
+    cleanup_orphan_temps(image_path.parent)
+    volume = load_volume(
+        args.input,
+        volume_index="all" if args.volume is None else args.volume,
+        series_uid=args.series_uid,
+        nan_policy=args.nan_policy,
+    )
+    restorer = Restorer.from_checkpoint(
+        args.checkpoint,
+        device=args.device,
+        trusted=args.trust_checkpoint,
+        overlap=args.overlap,
+        roi=roi,
+        sw_batch_size=args.batch_size,
+    )
+    if args.scale is not None and args.scale != restorer.scale:
+        raise InputError(
+            "scale_mismatch",
+            f"--scale {args.scale}, but the checkpoint upsamples by {restorer.scale}",
+            path=args.checkpoint,
+        )
+    if restorer.takes_regions:
+        restorer.partitioner = _partitioner(args.regions, restorer.restoration, args.device)
+    result = restorer.restore(volume)
+    save_volume(result.volume, image_path, overwrite=args.overwrite, protect=[Path(args.input)])
+    report = {
+        "input": str(args.input),
+        "output": str(image_path),
+        "checkpoint": str(args.checkpoint),
+        "input_shape": list(volume.spatial_shape),
+        "output_shape": list(result.volume.spatial_shape),
+        "input_spacing": [float(s) for s in volume.spacing],
+        "output_spacing": [float(s) for s in result.volume.spacing],
+        "inference": result.info,
+    }
+    if args.seg_checkpoint:
+        from medseg.inference.downstream import downstream_dice
+
+        report["downstream"] = downstream_dice(
+            args.seg_checkpoint,
+            volume,
+            result.volume,
+            load_volume(args.reference, role="label"),
+            device=args.device,
+            trusted=args.trust_checkpoint,
+        )
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    text = json.dumps(report, indent=2) + "\n"
+    write_bytes_atomic(report_path, text.encode("utf-8"))
+    if not args.quiet:
+        print(f"restored: {image_path}")
+        print(f"report:   {report_path}")
+        if "downstream" in report:
+            d = report["downstream"]
+            print(f"dice: input {d['dice_input']:.4f} -> restored {d['dice_restored']:.4f}")
+    return 0
+
+
+def _outputs(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
+    """Output image and report paths, checked before any work (exists, input, writable)."""
+    from .outputs import prepare_outputs
+
+    out = Path(args.output)
+    suffix = next((s for s in _VOLUME_SUFFIXES if out.name.lower().endswith(s)), None)
+    if suffix is None:
+        files = [f"{name}_restored.nii.gz", f"{name}_restore.json"]
+        image, report = prepare_outputs(
+            out, files, overwrite=args.overwrite, protect=[Path(args.input)]
+        )
+        return image, report
+    stem = out.name[: -len(suffix)]
+    image, report = prepare_outputs(
+        out.parent if str(out.parent) else Path("."),
+        [out.name, f"{stem}_restore.json"],
+        overwrite=args.overwrite,
+        protect=[Path(args.input)],
+    )
+    return image, report
+
+
+def _partitioner(choice: str, restoration: dict, device: str):
+    from medseg.inference.regions import make_partitioner
+
+    if choice == "auto":
+        trained = (restoration.get("regions") or {}).get("name", "")
+        choice = "sam" if "sam" in str(trained).lower() else "kmeans"
+    if choice == "none":
+        return None
+    return make_partitioner(choice, device=device) if choice == "sam" else make_partitioner(choice)
+
+
+def _sizes(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        sizes = [int(v) for v in text.replace(" ", "").split(",")]
+    except ValueError:
+        raise InputError("bad_argument", f"--roi takes sizes like 256,256: {text!r}") from None
+    if min(sizes) < 1:
+        raise InputError("bad_argument", f"--roi sizes must be positive: {text!r}")
+    return sizes
