@@ -139,3 +139,23 @@ def test_segment_with_a_restoration_checkpoint_names_the_right_command(rat_ckpt,
     argv = ["segment", str(path), "-o", str(tmp_path / "o"), "--checkpoint", str(rat_ckpt)]
     assert main(argv) == 4
     assert "medseg restore" in capsys.readouterr().err
+
+
+def test_downstream_dice_change_is_reported(rat_ckpt, tmp_path):
+    """--seg-checkpoint/--reference: the input and the restored volume are both segmented and
+    scored against the reference; the report carries both Dice values and their difference."""
+    from training_kit import make_prepared, tiny_config
+
+    prep = make_prepared(tmp_path, n_cases=3, shape=(24, 20, 8))
+    assert main(["fit", "--config", str(tiny_config(tmp_path, prep))]) == 0
+    seg = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    image = tmp_path / "raw" / "imagesTr" / "case_000.nii.gz"
+    label = tmp_path / "raw" / "labelsTr" / "case_000.nii.gz"
+    out = tmp_path / "out"
+    argv = ["restore", str(image), "-o", str(out), "--checkpoint", str(rat_ckpt)]
+    assert main([*argv, "--seg-checkpoint", str(seg), "--reference", str(label)]) == 0
+    d = json.loads((out / "case_000_restore.json").read_text(encoding="utf-8"))["downstream"]
+    assert set(d["labels"]) == {"shell", "core"}
+    assert 0.0 <= d["dice_input"] <= 1.0 and 0.0 <= d["dice_restored"] <= 1.0
+    assert d["delta"] == pytest.approx(d["dice_restored"] - d["dice_input"])
+    assert main([*argv, "--overwrite", "--seg-checkpoint", str(seg)]) == 2  # needs --reference

@@ -263,10 +263,12 @@ class AdversarialRestorationTask(RestorationTask):
 
     @property
     def noise_sigma(self) -> float:
-        """Instance-noise standard deviation for the current epoch (0 when disabled)."""
-        if not self.instance_noise or self._trainer is None:
+        """Instance-noise standard deviation for the current epoch (0 when disabled, and when
+        the run has no epoch budget, e.g. ``max_epochs=-1`` with ``max_steps``)."""
+        epochs = None if self._trainer is None else self.trainer.max_epochs
+        if not self.instance_noise or not epochs or epochs < 1:
             return 0.0
-        return instance_noise_sigma(self.current_epoch, int(self.trainer.max_epochs or 1))
+        return instance_noise_sigma(self.current_epoch, int(epochs))
 
     def configure_optimizers(self) -> Any:
         g = [p for p in self.net.generator.parameters() if p.requires_grad]
