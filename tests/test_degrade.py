@@ -11,19 +11,21 @@ from monai.data import MetaTensor
 from monai.transforms import Compose
 
 from medseg.transforms.degrade import (
-    KINDS,
-    Degradation,
-    PairedDegradation,
-    PairedDegradationd,
     downsample,
     gaussian_blur,
     gaussian_noise,
     kspace_truncate,
     low_dose_ct,
-    parse_degradations,
     rician_noise,
     robust_range,
     thick_slices,
+)
+from medseg.transforms.pairs import (
+    KINDS,
+    Degradation,
+    PairedDegradation,
+    PairedDegradationd,
+    parse_degradations,
 )
 
 

@@ -23,7 +23,8 @@ from training_kit import _affine
 
 from medseg.cli.main import main
 from medseg.inference.restoration import super_resolved_affine
-from medseg.transforms.degrade import PairedDegradation, downsample
+from medseg.transforms.degrade import downsample
+from medseg.transforms.pairs import PairedDegradation
 
 pytestmark = pytest.mark.slow
 

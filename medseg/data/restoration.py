@@ -1,7 +1,7 @@
 """``RestorationDataModule``: (degraded, clean) pairs made on the fly from a prepared MSD/ACDC set.
 
 Per case, once (then cached in RAM with the loaded volume): load -> RAS -> one channel ->
-:class:`medseg.transforms.degrade.PairedDegradation` seeded by ``(seed, case)`` (2-D: by
+:class:`medseg.transforms.pairs.PairedDegradation` seeded by ``(seed, case)`` (2-D: by
 ``(seed, case, slice)``, slice by slice across the RAS z axis) -> one invertible intensity map
 (:mod:`medseg.transforms.intensity`) fitted on the *degraded* volume and applied to both. The
 pairs are therefore identical in every run, worker and epoch, like the released codes' offline
@@ -35,9 +35,9 @@ from torch.utils.data import Dataset, RandomSampler
 
 from medseg.data.datamodule import _FailFast
 from medseg.data.prepared import PreparedDataModule
-from medseg.transforms.degrade import PairedDegradation, parse_degradations
 from medseg.transforms.intensity import fit_intensity, normalise, restoration_scheme
 from medseg.transforms.io import LoadVolumed
+from medseg.transforms.pairs import PairedDegradation, parse_degradations
 from medseg.transforms.preprocess import preprocessing_from_fingerprint
 
 __all__ = ["RegionPartitioner", "RestorationDataModule"]
@@ -55,7 +55,7 @@ class RestorationDataModule(PreparedDataModule):
 
     Args:
         prep_dir: folder written by ``medseg prepare`` (relative: under ``$MEDSEG_DATA_ROOT``).
-        degradations: what to simulate, in order (``medseg.transforms.degrade.parse_degradations``
+        degradations: what to simulate, in order (``medseg.transforms.pairs.parse_degradations``
             forms: dicts, ``"kind:key=value"`` strings), e.g. ``[{kind: downsample, factor: 2}]``.
         fold: cross-validation fold of ``splits.json``.
         spatial_dims: 2 (slices across the RAS z axis, RAT) or 3 (patches, DISGAN).
