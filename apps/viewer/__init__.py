@@ -2,9 +2,9 @@
 
 Modules: :mod:`~apps.viewer.state` (per-session state), :mod:`~apps.viewer.opening` (files ->
 volumes), :mod:`~apps.viewer.models` (LiteMedSAM, segmenters, restorers),
-:mod:`~apps.viewer.render` (session -> pictures and tables), :mod:`~apps.viewer.callbacks`
-(user actions), :mod:`~apps.viewer.app` (layout and wiring), :mod:`~apps.viewer.launch`
-(safe serving).
+:mod:`~apps.viewer.render` (session -> pictures and tables), :mod:`~apps.viewer.grids`
+(before/after geometry), :mod:`~apps.viewer.callbacks` (user actions), :mod:`~apps.viewer.app`
+(layout and wiring), :mod:`~apps.viewer.launch` (safe serving).
 
 Importing this package is light; Gradio is imported with :mod:`~apps.viewer.app`, so that
 :func:`~apps.viewer.launch.private_temp_dir` can set ``GRADIO_TEMP_DIR`` first.

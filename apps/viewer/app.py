@@ -116,7 +116,7 @@ def build_app(
                     res_dd = gr.Dropdown(list(hub.restorers), label="Restoration model",
                                          value=next(iter(hub.restorers), None))  # fmt: skip
                     res_btn = gr.Button("Restore", visible=bool(hub.restorers))
-                export_btn = gr.Button("Export labels + statistics", elem_id="export")
+                export_btn = gr.Button("Export labels + statistics (+ restored)", elem_id="export")
                 export_files = gr.File(label="Exports", file_count="multiple",
                                        elem_id="exports")  # fmt: skip
             with gr.Column(scale=3):

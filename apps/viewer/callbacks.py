@@ -22,7 +22,7 @@ from medseg.inference.prompted import Prompt, validate_prompt
 from medseg.io import save_volume
 from medseg.viz import WINDOW_PRESETS, LabelStyle, percentile_window
 
-from . import opening
+from . import grids, opening
 from .models import ModelHub
 from .render import present_labels, statistics
 from .state import MODES, Session, new_session
@@ -323,20 +323,26 @@ def auto_segment(session: Session | None, hub: ModelHub, name: str) -> str:
 
 @user_errors
 def restore(session: Session | None, hub: ModelHub, name: str) -> str:
+    """Restore the displayed channel with model ``name``; the result may lie on a finer grid
+    over the same box (super-resolution), see :mod:`apps.viewer.grids`."""
     session = require(session)
     if name not in hub.restorers:
         raise ValueError(f"no restoration model {name!r}")
     result = hub.restorers[name](session.image)
-    if result.spatial_shape != session.image.spatial_shape:
-        raise ValueError(f"{name} returned {result.spatial_shape}, not the image grid")
+    grids.check_restored(session.image, result, name)
     session.restored = result
-    return f"{name}: restored (before | after)"
+    if grids.same_grid(session.image, result):
+        return f"{name}: restored (before | after)"
+    spacing = "x".join(f"{v:.3g}" for v in result.spacing)
+    shape = "x".join(map(str, result.spatial_shape))
+    return f"{name}: restored on its own grid, {shape} voxels of {spacing} mm (before | after)"
 
 
 # export -----------------------------------------------------------------------------------------
 @user_errors
 def export(session: Session | None, out_root: str) -> list[str]:
-    """Write the label map (NIfTI on the image grid) and statistics (CSV, JSON); return paths."""
+    """Write the label map (NIfTI on the image grid), statistics (CSV, JSON) and the restored
+    image when there is one (NIfTI on its own grid); return the paths."""
     session = require(session)
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=out_root))
     session.own_dirs.append(str(folder))
@@ -357,4 +363,9 @@ def export(session: Session | None, out_root: str) -> list[str]:
         writer.writerow(columns)
         for e in stats["labels"]:
             writer.writerow([e[c] for c in columns])
-    return [str(label_path), str(csv_path), str(json_path)]
+    paths = [str(label_path), str(csv_path), str(json_path)]
+    if session.restored is not None:
+        restored_path = folder / f"{session.name}_restored.nii.gz"
+        save_volume(session.restored, restored_path, protect=[source] if source else ())
+        paths.append(str(restored_path))
+    return paths

@@ -5,8 +5,11 @@
   shared weights), so no user sees another's slices.
 - Segmenters (automatic): anything with ``segment(volume) -> output`` whose ``output.labels`` is a
   label ``Volume`` on the input grid, and ``label_names`` (``AutomaticSegmenter`` is one).
-- Restorers: any callable ``Volume -> Volume`` on the same grid. ``medseg restore`` does not exist
-  yet; the viewer shows before/after as soon as one is passed in.
+- Restorers: any callable ``Volume -> Volume`` whose result covers the input's physical box with
+  the same direction: the input grid (denoising) or a finer one (super-resolution, see
+  :func:`medseg.inference.restoration.super_resolved_affine`). ``medseg fit`` restoration
+  checkpoints (RAT, DISGAN, ...) become :class:`CheckpointRestorer` s; the viewer shows the
+  result next to the input (before | after).
 """
 
 from __future__ import annotations
@@ -25,9 +28,44 @@ CACHE_SLICES = 32  # embeddings kept per session (4 MB each in fp32)
 
 
 class Restorer(Protocol):
-    """Image restoration: ``(X, Y, Z)`` volume in -> restored volume on the same grid."""
+    """Image restoration: ``(X, Y, Z)`` volume in -> restored volume on the input grid or on a
+    finer grid over the same physical box (super-resolution)."""
 
     def __call__(self, volume: Volume) -> Volume: ...
+
+
+class CheckpointRestorer:
+    """A :class:`Restorer` around :class:`medseg.inference.restoration.Restorer` (a ``medseg fit``
+    restoration checkpoint), as ``medseg restore`` runs it with default windows.
+
+    RAT (nets that take ``regions``) gets the region partitioner it was trained with, by the
+    rule of ``medseg restore --regions auto``: LiteMedSAM prompted by a point grid when the
+    checkpoint names SAM, k-means otherwise. The rule is kept on every device, and the SAM
+    partition is costly: with :class:`~medseg.inference.regions.SamGridPartitioner`'s defaults
+    each axial slice takes one encoder call and about 1,500 decoder calls (about a minute per
+    slice on one CPU core by that class's own estimate), so serve SAM-trained RAT models with
+    ``--device cuda``. K-means is fast but is not what such a model saw in training.
+    """
+
+    def __init__(self, restorer: Any) -> None:
+        self.restorer = restorer
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: str = "auto") -> Any:
+        from medseg.inference.restoration import Restorer as Predictor
+        from medseg.inference.restoration import choose_partitioner  # `--regions auto`
+
+        restorer = Predictor.from_checkpoint(path, device=device)
+        if restorer.takes_regions:
+            restorer.partitioner = choose_partitioner("auto", restorer.restoration, device)
+        return cls(restorer)
+
+    @property
+    def scale(self) -> int:
+        return int(self.restorer.scale)
+
+    def __call__(self, volume: Volume) -> Volume:
+        return self.restorer.restore(volume).volume
 
 
 class Segmenter(Protocol):
@@ -92,9 +130,12 @@ def hub_from_checkpoints(
     precision: str = "auto",
     threads: int | None = None,
 ) -> ModelHub:
-    """Sort ``--checkpoint`` files: a plain state dict is LiteMedSAM weights, a ``medseg fit``
-    checkpoint is a segmentation model (loaded now, so a bad file fails at start-up)."""
+    """Sort ``--checkpoint`` files: a plain state dict is LiteMedSAM weights; a ``medseg fit``
+    checkpoint is a restoration model when its hyper-parameters hold ``restoration``, else a
+    segmentation model. Models are named after the file stem (``last``, ``last-2``, ... when
+    stems repeat) and loaded now, so a bad file fails at start-up (:class:`ModelError`, exit 4)."""
     from medseg.inference.automatic import AutomaticSegmenter, checkpoint_kind
+    from medseg.inference.restoration import is_restoration_checkpoint
 
     hub = ModelHub(device=device, precision=precision, threads=threads)
     for path in paths:
@@ -103,10 +144,22 @@ def hub_from_checkpoints(
             raise ModelError("checkpoint_not_found", "checkpoint not found", path=str(path))
         if kind == "state_dict":
             hub.litemedsam_checkpoint = str(path)
+        elif kind == "lightning" and is_restoration_checkpoint(path):
+            name = _free_name(Path(path).stem, hub)
+            hub.restorers[name] = CheckpointRestorer.from_checkpoint(path, device=device)
         elif kind == "lightning":
-            hub.segmenters[Path(path).stem] = AutomaticSegmenter.from_checkpoint(
-                path, device=device
-            )
+            name = _free_name(Path(path).stem, hub)
+            hub.segmenters[name] = AutomaticSegmenter.from_checkpoint(path, device=device)
         else:
             raise ModelError("bad_checkpoint", "not a torch checkpoint", path=str(path))
     return hub
+
+
+def _free_name(stem: str, hub: ModelHub) -> str:
+    """``stem``, or ``stem-2``, ``stem-3``, ... when a model already has that name."""
+    taken = {*hub.segmenters, *hub.restorers}
+    name, n = stem, 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}"
+    return name

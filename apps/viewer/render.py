@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.inference.stats import label_statistics
-from medseg.transforms.planes import voxel_to_world
+from medseg.transforms.planes import PlaneView, voxel_to_world
 from medseg.viz import (
     NEGATIVE_COLOR,
     POSITIVE_COLOR,
@@ -26,6 +26,7 @@ from medseg.viz import (
     render_slice,
 )
 
+from . import grids
 from .state import Session
 
 STATS_HEADERS = ["label", "name", "voxels", "volume (mL)", "mean", "SD", "at border"]
@@ -51,25 +52,62 @@ def render_plane(session: Session, axis: str, image=None) -> np.ndarray:
     )  # fmt: skip
     rgb = render_slice(picture_slice, vp, session.window, labels, session.style)
     draw_crosshair(rgb, *vp.to_image(row, col))
-    _draw_prompts(session, axis, s, vp, rgb)
+    _draw_prompts(session, axis, s, vp.to_image, rgb)
     draw_letters(rgb, view.labels())
     if image is None:
         session.viewports[axis] = vp
     return rgb
 
 
-def _draw_prompts(session: Session, axis: str, s: int, vp: Viewport, rgb: np.ndarray) -> None:
+def render_restored(session: Session) -> np.ndarray:
+    """Axial picture of ``session.restored`` on its own (finer) grid, same anatomy as
+    ``render_plane(session, "axial")``: the restored slice nearest (in RAS mm) to the
+    crosshair's, the crop and picture size of the same physical extent (pixels stay square in
+    mm, so both pictures have the same aspect), labels and prompts carried over through the
+    affines (labels by nearest image voxel)."""
+    restored = session.restored
+    assert restored is not None
+    view = PlaneView.from_affine(restored.affine, restored.spatial_shape, "axial")
+    to_restored = grids.GridMap(session.image.affine, restored.affine)
+    position, row, col = view.to_display(to_restored(np.asarray(session.crosshair)))
+    s = grids.nearest_index(position, view.num_slices)
+    labels = None
+    if session.labels.any():
+        back = grids.GridMap(restored.affine, session.image.affine)
+        labels = grids.sample_nearest(session.labels, back(grids.slice_voxels(view, s)))
+    center = (row, col) if session.zoom > 1 else None
+    vp = Viewport.fit(
+        view.height, view.width, view.pixel_spacing, size=session.size, zoom=session.zoom,
+        center=center,
+    )  # fmt: skip
+    rgb = render_slice(view.stack(restored.array)[s], vp, session.window, labels, session.style)
+    draw_crosshair(rgb, *vp.to_image(row, col))
+    image_view = session.views["axial"]
+    key = session.slice_of("axial")
+
+    def to_picture(r: float, c: float) -> tuple[float, float]:
+        _, r2, c2 = view.to_display(to_restored(image_view.to_voxel(key, r, c)))
+        return vp.to_image(r2, c2)
+
+    _draw_prompts(session, "axial", key, to_picture, rgb)
+    draw_letters(rgb, view.labels())
+    return rgb
+
+
+def _draw_prompts(session: Session, axis: str, s: int, to_picture, rgb: np.ndarray) -> None:
+    """Prompts of the active object and a pending box corner on slice ``s`` of ``axis``;
+    ``to_picture(row, col) -> (x, y)`` places a displayed pixel on the picture."""
     obj = session.objects.get(session.active) if session.active is not None else None
     if obj is not None and (obj.axis, obj.slice_index) == (axis, s):
         if obj.box is not None:
             x0, y0, x1, y1 = obj.box
-            (ax, ay), (bx, by) = vp.to_image(y0, x0), vp.to_image(y1, x1)
+            (ax, ay), (bx, by) = to_picture(y0, x0), to_picture(y1, x1)
             draw_box(rgb, (ax, ay, bx, by))
         for x, y, lab in obj.points:
-            draw_point(rgb, *vp.to_image(y, x), POSITIVE_COLOR if lab else NEGATIVE_COLOR)
+            draw_point(rgb, *to_picture(y, x), POSITIVE_COLOR if lab else NEGATIVE_COLOR)
     if session.pending is not None and session.pending[:2] == (axis, s):
         _, _, row, col = session.pending
-        draw_point(rgb, *vp.to_image(row, col), (0, 220, 255), radius=2)
+        draw_point(rgb, *to_picture(row, col), (0, 220, 255), radius=2)
 
 
 def render_all(session: Session) -> dict[str, np.ndarray]:
@@ -78,10 +116,16 @@ def render_all(session: Session) -> dict[str, np.ndarray]:
 
 
 def compare_pictures(session: Session) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Axial before/after pictures at the same slice and window (None without a result)."""
+    """Axial before/after pictures at the same place and window (None without a result).
+
+    A result on the image grid is drawn like the image; one on a finer grid (super-resolution)
+    by :func:`render_restored`, at the same physical position and size."""
     if session.restored is None:
         return None, None
-    return render_plane(session, "axial"), render_plane(session, "axial", session.restored.array)
+    before = render_plane(session, "axial")
+    if grids.same_grid(session.image, session.restored):
+        return before, render_plane(session, "axial", session.restored.array)
+    return before, render_restored(session)
 
 
 def plane_title(session: Session, axis: str) -> str:

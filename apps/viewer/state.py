@@ -83,7 +83,8 @@ class Session:
         history: undo snapshots, oldest first (at most :data:`HISTORY_DEPTH`).
         predictor, predictor_key: this session's LiteMedSAM predictor and the
             ``(axis, level, width)`` its stack was built for.
-        restored: the restoration result on the image grid, or None.
+        restored: the restoration result, or None: on the image grid, or on a finer grid over
+            the same box (super-resolution; see :mod:`apps.viewer.grids`).
         viewports: the last rendered :class:`Viewport` of each plane (maps clicks back).
         render_dir, render_count, rendered: this session's picture files (see
             :func:`apps.viewer.render.picture_file`).

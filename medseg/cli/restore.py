@@ -71,7 +71,7 @@ def add_parser(sub, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.inference.restoration import Restorer
+    from medseg.inference.restoration import Restorer, choose_partitioner
     from medseg.io import cleanup_orphan_temps, load_volume, save_volume
 
     from .outputs import case_name, write_bytes_atomic
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             path=args.checkpoint,
         )
     if restorer.takes_regions:
-        restorer.partitioner = _partitioner(args.regions, restorer.restoration, args.device)
+        restorer.partitioner = choose_partitioner(args.regions, restorer.restoration, args.device)
     result = restorer.restore(volume)
     save_volume(result.volume, image_path, overwrite=args.overwrite, protect=[Path(args.input)])
     report = {
@@ -159,17 +159,6 @@ def _outputs(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
         protect=[Path(args.input)],
     )
     return image, report
-
-
-def _partitioner(choice: str, restoration: dict, device: str):
-    from medseg.inference.regions import make_partitioner
-
-    if choice == "auto":
-        trained = (restoration.get("regions") or {}).get("name", "")
-        choice = "sam" if "sam" in str(trained).lower() else "kmeans"
-    if choice == "none":
-        return None
-    return make_partitioner(choice, device=device) if choice == "sam" else make_partitioner(choice)
 
 
 def _sizes(text: str | None) -> list[int] | None:

@@ -1,5 +1,6 @@
 """``medseg view``: the Gradio viewer in the browser (three planes, window/level, overlays,
-LiteMedSAM click/box prompts, automatic segmentation, export). Research use, not a medical device.
+LiteMedSAM click/box prompts, automatic segmentation, restoration shown before | after, export).
+Research use, not a medical device.
 
 Binds 127.0.0.1 unless ``--host`` says otherwise; ``--auth USER:PASS`` puts a login in front of
 every page, API call and file. Uploads go to a private 0700 temp folder that Gradio cleans
@@ -22,7 +23,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("path", nargs="?", help="image opened in every new session (optional)")
     p.add_argument("--checkpoint", nargs="+", default=[], metavar="CKPT",
                    help="LiteMedSAM weights (.pth state dict) and/or `medseg fit` segmentation "
-                   "checkpoints (.ckpt)")  # fmt: skip
+                   "or restoration checkpoints (.ckpt)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860+)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")

@@ -49,6 +49,7 @@ from medseg.transforms.intensity import denormalise, fit_intensity, normalise
 
 __all__ = [
     "RestorationOutput",
+    "choose_partitioner",
     "Restorer",
     "is_restoration_checkpoint",
     "load_restoration_checkpoint",
@@ -119,9 +120,13 @@ class Restorer:
         """Restore ``volume`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``); see the module docstring."""
         start = time.perf_counter()
         channel = int(self.restoration.get("channel", 0))
-        array = volume.array if volume.array.ndim == 3 else volume.array[channel]
         if volume.array.ndim == 4 and not 0 <= channel < volume.array.shape[0]:
-            raise InputError("bad_channels", f"the model restores channel {channel}")
+            raise InputError(
+                "bad_channels",
+                f"the model restores channel {channel}, the input has "
+                f"{volume.array.shape[0]} channel(s)",
+            )
+        array = volume.array if volume.array.ndim == 3 else volume.array[channel]
         ornt = nib.orientations.io_orientation(volume.affine)
         ras = nib.orientations.apply_orientation(np.asarray(array, np.float32), ornt)
         x = torch.from_numpy(np.ascontiguousarray(ras))[None, None]  # (1, 1, X, Y, Z) RAS
@@ -197,6 +202,20 @@ class Restorer:
         ids = np.asarray(self.partitioner.partition(up[0, 0].numpy().astype(np.float32)))
         ids = torch.as_tensor(ids, dtype=torch.float32)[:: self.scale, :: self.scale]
         return ids[None]
+
+
+def choose_partitioner(choice: str, restoration: dict[str, Any], device: str = "auto") -> Any:
+    """RAT's region partitioner for ``choice`` (``"auto"``, ``"sam"``, ``"kmeans"``, ``"none"``;
+    ``"auto"`` = what the checkpoint was trained with: ``sam`` when its partitioner's name says
+    so, else ``kmeans``); None for ``"none"`` (one region per slice)."""
+    from medseg.inference.regions import make_partitioner
+
+    if choice == "auto":
+        trained = (restoration.get("regions") or {}).get("name", "")
+        choice = "sam" if "sam" in str(trained).lower() else "kmeans"
+    if choice == "none":
+        return None
+    return make_partitioner(choice, device=device) if choice == "sam" else make_partitioner(choice)
 
 
 def super_resolved_affine(affine: np.ndarray, factors: Sequence[int]) -> np.ndarray:
