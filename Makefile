@@ -44,7 +44,7 @@ format: setup
 
 # every benchmark, one after another (run them on an otherwise idle machine; tens of minutes)
 bench: setup
-	for b in litemedsam sliding_window kernels her_seg sam_family viewer; do \
+	for b in litemedsam sliding_window kernels her_seg sam_family viewer restoration; do \
 		$(BIN)/python -m bench.$$b || exit 1; done
 
 clean:

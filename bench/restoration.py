@@ -220,7 +220,7 @@ def main() -> None:
     if args.skip != "rat":
         rat_table(sides, dense_max, args.regions, repeats, args.threads)
     if args.skip != "disgan":
-        disgan_table((32, 32, 32) if args.quick else (64, 64, 48), repeats, args.threads)
+        disgan_table((32, 32, 32) if args.quick else (64, 48, 32), repeats, args.threads)
     print(f"\n({time.time() - t0:.0f} s, {args.threads} threads, median of {repeats})")
     _ = statistics  # medians are taken in the children
 
