@@ -155,6 +155,11 @@ class RestorationDataModule(PreparedDataModule):
         for split in wanted.get(stage, ["val"]):
             if split in self.datasets:
                 continue
+            maps = (
+                None
+                if self.partitioner is None
+                else _RegionMaps(self.partitioner, self.pairing.scale)
+            )
             head = [
                 LoadVolumed("image"),
                 Orientationd("image", axcodes="RAS"),
@@ -167,7 +172,7 @@ class RestorationDataModule(PreparedDataModule):
                     self.pairing.scale,
                     self.samples_per_volume,
                     self.augment,
-                    self.partitioner,
+                    maps,
                 )
             else:
                 tail = _ValidationCrops(
@@ -175,7 +180,7 @@ class RestorationDataModule(PreparedDataModule):
                     self.patch_size,
                     self.pairing.scale,
                     self.val_samples,
-                    self.partitioner,
+                    maps,
                 )
             tf = Compose([*head, tail])
             tf.set_random_state(seed=self.seed)
@@ -240,16 +245,25 @@ class _MakePair(MapTransform):
         return d
 
 
-def _regions(partitioner: RegionPartitioner, lr_slice: torch.Tensor, scale: int) -> torch.Tensor:
-    """Region ids ``(H, W)`` int64 of a degraded ``(1, h, w)`` slice, computed on it upsampled
-    bilinearly to the target grid (RAT: SAM on the upsampled input for SR)."""
-    up = (
-        lr_slice[None]
-        if scale == 1
-        else F.interpolate(lr_slice[None], scale_factor=scale, mode="bilinear")
-    )
-    ids = partitioner.partition(up[0, 0].numpy().astype(np.float32))
-    return torch.as_tensor(np.asarray(ids), dtype=torch.int64)
+class _RegionMaps:
+    """Region ids ``(H, W)`` int64 of each degraded slice, computed once per ``(case, slice)``
+    in each process (the pairs are fixed, so the map is too): on the slice upsampled bilinearly
+    to the target grid (RAT runs SAM on the upsampled input for SR). Wrap the partitioner in
+    ``medseg.inference.regions.RegionCache`` to keep them on disk across runs."""
+
+    def __init__(self, partitioner: RegionPartitioner, scale: int) -> None:
+        self.partitioner, self.scale = partitioner, scale
+        self._maps: dict[tuple[str, int], torch.Tensor] = {}
+
+    def __call__(self, case: str, z: int, lr_slice: torch.Tensor) -> torch.Tensor:
+        key = (case, z)
+        if key not in self._maps:
+            up = lr_slice[None]
+            if self.scale > 1:
+                up = F.interpolate(up, scale_factor=self.scale, mode="bilinear")
+            ids = np.asarray(self.partitioner.partition(up[0, 0].numpy().astype(np.float32)))
+            self._maps[key] = torch.as_tensor(ids.astype(np.int32))
+        return self._maps[key].long()
 
 
 class _SampleCrops(Randomizable, MapTransform):
@@ -262,11 +276,11 @@ class _SampleCrops(Randomizable, MapTransform):
         scale: int,
         n: int,
         augment: bool,
-        partitioner: RegionPartitioner | None,
+        maps: _RegionMaps | None,
     ) -> None:
         MapTransform.__init__(self, ["input", "target"])
         self.dims, self.patch, self.scale, self.n = dims, list(patch), scale, n
-        self.augment, self.partitioner = augment, partitioner
+        self.augment, self.maps = augment, maps
 
     def randomize(self, data: Any = None) -> None:  # draws happen in __call__
         pass
@@ -278,9 +292,8 @@ class _SampleCrops(Randomizable, MapTransform):
             if self.dims == 2:
                 z = int(self.R.randint(hr.shape[-1]))
                 x, y = lr[..., z], hr[..., z]
-                regions = (
-                    None if self.partitioner is None else _regions(self.partitioner, x, self.scale)
-                )
+                case = str(data.get("case", ""))
+                regions = None if self.maps is None else self.maps(case, z, x)
             else:
                 x, y, regions = lr, hr, None
             x, y, regions = self._crop(x, y, regions)
@@ -320,15 +333,9 @@ class _SampleCrops(Randomizable, MapTransform):
 class _ValidationCrops(MapTransform):
     """Deterministic validation samples (module docstring); returns a list of dicts."""
 
-    def __init__(self, dims, patch, scale, n, partitioner) -> None:
+    def __init__(self, dims, patch, scale, n, maps: _RegionMaps | None) -> None:
         super().__init__(["input", "target"])
-        self.dims, self.patch, self.scale, self.n, self.partitioner = (
-            dims,
-            patch,
-            scale,
-            n,
-            partitioner,
-        )
+        self.dims, self.patch, self.scale, self.n, self.maps = dims, patch, scale, n, maps
 
     def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[str, Any]]:
         lr, hr = data["input"], data["target"]
@@ -344,8 +351,8 @@ class _ValidationCrops(MapTransform):
         out = []
         for z in sorted(set(int(min(max(p, 0), depth - 1)) for p in picks)):
             sample = {"input": lr[..., z].contiguous(), "target": hr[..., z].contiguous()}
-            if self.partitioner is not None:
-                sample["regions"] = _regions(self.partitioner, lr[..., z], self.scale)
+            if self.maps is not None:
+                sample["regions"] = self.maps(str(data.get("case", "")), z, lr[..., z])
             out.append(sample)
         return out
 

@@ -24,7 +24,10 @@ larger window changes its output (measured: per-class Dice 0.33 against the patc
 a random-init instance-norm UNet), and ``"auto"`` keeps such nets at the patch. ``roi="patch"``
 is nnU-Net's choice; a list of ints sets it explicitly (also for instance-norm nets, at your
 risk).
-A net without a ``size_divisor`` attribute also stays at the patch (its valid sizes are unknown).
+A net whose size divisor is unknown (no ``size_divisor`` attribute; for MONAI's ``UNet`` it is
+the product of its strides) also stays at the patch. On CPU, 3-D nets run on channels-last
+tensors (oneDNN's fast layout; the same arithmetic), falling back to contiguous ones for a net
+whose code needs them.
 
 **Memory** (float32, ``V'`` voxels on the model grid, ``V`` on the input grid, ``K`` classes):
 stitched logits ``4 K V'`` bytes plus the network's activations for ``sw_batch_size`` windows;
@@ -141,9 +144,14 @@ class AutomaticSegmenter:
         cpu_auto = precision == "auto" and self.device.type == "cpu"
         self.precision = "fp32" if cpu_auto else resolve_precision(precision, self.device)
         self.net = net.eval().to(self.device)
-        # a net that does not declare its size divisor runs at the trained patch, unchanged
-        self.divisor = int(getattr(net, "size_divisor", 1))
-        self.fixed_roi = not hasattr(net, "size_divisor")
+        # a net whose size divisor is unknown runs at the trained patch, unchanged
+        divisor = size_divisor(net)
+        self.divisor = divisor or 1
+        self.fixed_roi = divisor is None
+        # oneDNN's 3-D convolutions are 1.2-1.6x faster on channels-last tensors (same maths);
+        # a net whose code needs contiguous tensors falls back at its first window
+        self.channels_last = self.spatial_dims == 3 and self.device.type == "cpu"
+        self._converted = False
         self.window_dependent = has_window_statistics(net)
         self.overlap = float(overlap)
         self.sw_batch_size = sw_batch_size or (2 if self.spatial_dims == 3 else 8)
@@ -276,9 +284,21 @@ class AutomaticSegmenter:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         bf16 = self.precision == "bf16"
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = self.net(x)
+            out = self._net_call(x)
         out = out[0] if isinstance(out, (list, tuple)) else out
-        return out.float()
+        return out.float().contiguous()
+
+    def _net_call(self, x: torch.Tensor) -> Any:
+        if self.channels_last:
+            try:
+                if not self._converted:
+                    self.net.to(memory_format=torch.channels_last_3d)
+                    self._converted = True
+                return self.net(x.contiguous(memory_format=torch.channels_last_3d))
+            except RuntimeError:  # e.g. a .view() on a channels-last tensor: stay contiguous
+                self.channels_last = False
+                self.net.to(memory_format=torch.contiguous_format)
+        return self.net(x)
 
     def _invert(self, data: dict, pred: torch.Tensor, vol: Volume, *, nearest: bool):
         """``pred`` ``(K, X', Y', Z')`` on the model grid -> ``(K, X, Y, Z)`` on ``vol``'s grid."""
@@ -334,6 +354,21 @@ def choose_roi(
                 break
         else:
             return roi
+
+
+def size_divisor(net: nn.Module) -> int | None:
+    """Spatial sizes the net accepts are multiples of this: its ``size_divisor`` attribute, or
+    for MONAI's ``UNet`` the product of its strides; None when unknown."""
+    if hasattr(net, "size_divisor"):
+        return int(net.size_divisor)
+    from monai.networks.nets import UNet
+
+    if isinstance(net, UNet):
+        total = 1
+        for stride in net.strides:
+            total *= int(max(stride) if isinstance(stride, Sequence) else stride)
+        return total
+    return None
 
 
 def has_window_statistics(net: nn.Module) -> bool:

@@ -44,14 +44,15 @@ class RegionPartitioner(Protocol):
 
     ``name`` identifies the method (used in cache keys; a ``config`` dict attribute, when
     present, is added to the key); ``faithful`` says whether it stands for the paper's SAM.
-    The partitioners here (and :class:`RegionCache`) also offer ``partition(image)``, the same
-    call under the name :mod:`medseg.data.restoration` and the restorer use.
+    ``partition(image)`` is the call :mod:`medseg.data.restoration` and the restorer make (a
+    named method, so that configs can nest partitioners by ``class_path``); the partitioners
+    here are also plain callables.
     """
 
     name: str
     faithful: bool
 
-    def __call__(self, image: np.ndarray) -> np.ndarray: ...
+    def partition(self, image: np.ndarray) -> np.ndarray: ...
 
 
 class SamGridPartitioner:
@@ -256,13 +257,22 @@ class RegionCache:
         self.folder = Path(folder)
         self.partitioner = partitioner
 
+    @property
+    def name(self) -> str:
+        """The wrapped partitioner's name (checkpoints record what made the regions)."""
+        return self.partitioner.name
+
+    @property
+    def faithful(self) -> bool:
+        return self.partitioner.faithful
+
     def __call__(self, image: np.ndarray) -> np.ndarray:
         image = np.ascontiguousarray(image)
         path = self.folder / f"{self.key(image)}.npy"
         cached = _read(path, image.shape)
         if cached is not None:
             return cached
-        ids = np.asarray(self.partitioner(image), dtype=np.int32)
+        ids = np.asarray(self.partitioner.partition(image), dtype=np.int32)
         self.folder.mkdir(parents=True, exist_ok=True)
         small = ids.size == 0 or int(ids.max()) < np.iinfo(np.int16).max
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
