@@ -20,9 +20,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import torch
 from monai.data import CacheDataset, DataLoader, PersistentDataset
-from torch.utils.data import Dataset, RandomSampler
+from torch.utils.data import Dataset
 
 from medseg.data.prepared import PreparedDataModule
 from medseg.errors import InputError, MedsegError
@@ -154,13 +153,7 @@ class SegmentationDataModule(PreparedDataModule):
             self.datasets[split] = _fail_fast(lambda s=split, t=tf: self._cached(s, t))
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.datasets["train"]
-        generator = torch.Generator().manual_seed(self.seed)
-        if self.iterations_per_epoch:
-            n = self.iterations_per_epoch * self.batch_size
-            sampler = RandomSampler(ds, replacement=True, num_samples=n, generator=generator)
-            return self._loader(ds, self.batch_size, sampler=sampler)
-        return self._loader(ds, self.batch_size, shuffle=True, generator=generator, drop_last=False)
+        return self._train_loader(self.datasets["train"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"], 1)
@@ -189,16 +182,6 @@ class SegmentationDataModule(PreparedDataModule):
                 num_workers=max(1, self.num_workers),
                 progress=progress,
             )
-        )
-
-    def _loader(self, ds: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            **kwargs,
         )
 
 

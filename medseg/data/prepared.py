@@ -13,7 +13,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import LightningDataModule
+from monai.data import DataLoader
+from torch.utils.data import Dataset, RandomSampler
 
 from medseg.errors import InputError
 
@@ -99,3 +102,25 @@ class PreparedDataModule(LightningDataModule):
                 item["label"] = str(root / e["label"])
             items.append(item)
         return items
+
+    # loaders shared by the subclasses (they set batch_size, iterations_per_epoch,
+    # num_workers and seed) ---------------------------------------------------------------------
+    def _train_loader(self, ds: Dataset) -> DataLoader:
+        """Shuffled batches; with ``iterations_per_epoch`` a fixed number of batches per epoch,
+        cases drawn with replacement (nnU-Net style)."""
+        generator = torch.Generator().manual_seed(self.seed)
+        if self.iterations_per_epoch:
+            n = self.iterations_per_epoch * self.batch_size
+            sampler = RandomSampler(ds, replacement=True, num_samples=n, generator=generator)
+            return self._loader(ds, self.batch_size, sampler=sampler)
+        return self._loader(ds, self.batch_size, shuffle=True, generator=generator)
+
+    def _loader(self, ds: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            **kwargs,
+        )

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from monai.data import CacheDataset, DataLoader
 from monai.transforms import Compose, MapTransform, Orientationd, Randomizable
-from torch.utils.data import Dataset, RandomSampler
+from torch.utils.data import Dataset
 
 from medseg.data.datamodule import _FailFast
 from medseg.data.prepared import PreparedDataModule
@@ -196,29 +196,13 @@ class RestorationDataModule(PreparedDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.datasets["train"]
-        generator = torch.Generator().manual_seed(self.seed)
-        if self.iterations_per_epoch:
-            n = self.iterations_per_epoch * self.batch_size
-            sampler = RandomSampler(ds, replacement=True, num_samples=n, generator=generator)
-            return self._loader(ds, self.batch_size, sampler=sampler)
-        return self._loader(ds, self.batch_size, shuffle=True, generator=generator)
+        return self._train_loader(self.datasets["train"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["val"], 1)
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
-
-    def _loader(self, ds: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-            **kwargs,
-        )
 
 
 class _MakePair(MapTransform):

@@ -12,7 +12,12 @@ from lightning.pytorch import LightningModule
 
 from medseg.errors import ModelError
 
-__all__ = ["NonFiniteLossError", "check_finite_gradients", "check_finite_weights"]
+__all__ = [
+    "NonFiniteLossError",
+    "check_finite_gradients",
+    "check_finite_loss",
+    "check_finite_weights",
+]
 
 
 class NonFiniteLossError(ModelError):
@@ -20,6 +25,20 @@ class NonFiniteLossError(ModelError):
 
     def __init__(self, message: str) -> None:
         super().__init__("non_finite_loss", message)
+
+
+def check_finite_loss(task: LightningModule, loss: torch.Tensor, batch_idx: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the step when ``loss`` is NaN/Inf (call in
+    ``training_step`` before returning or back-propagating it). Under DDP every rank takes the
+    same decision, so no rank hangs in a collective while another stops."""
+    finite = bool(torch.isfinite(loss).all())
+    if task._trainer is not None:
+        finite = task.trainer.strategy.reduce_boolean_decision(finite, all=True)
+    if not finite:
+        raise NonFiniteLossError(
+            f"non-finite loss at step {task.global_step} (epoch {task.current_epoch}, "
+            f"batch {batch_idx}); training stopped, the last good checkpoint is kept"
+        )
 
 
 def check_finite_gradients(task: LightningModule) -> None:

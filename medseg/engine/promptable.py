@@ -31,7 +31,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from medseg.engine.guards import NonFiniteLossError, check_finite_gradients, check_finite_weights
+from medseg.engine.guards import check_finite_gradients, check_finite_loss, check_finite_weights
 from medseg.engine.prompts import (
     boxes_from_masks,
     from_frame,
@@ -130,14 +130,7 @@ class PromptableSegmentationTask(LightningModule):
             loss = self._support_step(frame, lab)
         if loss is None:
             return None  # no foreground in this batch: nothing to prompt
-        finite = bool(torch.isfinite(loss))
-        if self._trainer is not None:
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}); training stopped, the last good checkpoint is kept"
-            )
+        check_finite_loss(self, loss, batch_idx)
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(image)
         )

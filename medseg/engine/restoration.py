@@ -25,7 +25,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from medseg.engine.guards import NonFiniteLossError, check_finite_gradients, check_finite_weights
+from medseg.engine.guards import check_finite_gradients, check_finite_loss, check_finite_weights
 from medseg.losses.adversarial import (
     FeatureLoss,
     instance_noise_sigma,
@@ -95,7 +95,7 @@ class RestorationTask(LightningModule):
         x, y, regions = _unpack(batch)
         pred = self(x, regions)
         loss = self._loss(pred, y, regions)
-        self._guard(loss, batch_idx)
+        check_finite_loss(self, loss, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
@@ -134,16 +134,6 @@ class RestorationTask(LightningModule):
         if self._loss_takes_regions:
             return self.loss_fn(pred, target, regions)
         return self.loss_fn(pred, target)
-
-    def _guard(self, loss: torch.Tensor, batch_idx: int) -> None:
-        finite = bool(torch.isfinite(loss).all())
-        if self._trainer is not None:  # every DDP rank stops together
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}); training stopped, the last good checkpoint is kept"
-            )
 
     def _cosine(self, opt: torch.optim.Optimizer) -> dict[str, Any]:
         trainer, base = self.trainer, [g["lr"] for g in opt.param_groups]
@@ -236,7 +226,7 @@ class AdversarialRestorationTask(RestorationTask):
         loss_g = l1 + self.adv_weight * adv
         if self.feature_loss is not None and self.feature_weight:
             loss_g = loss_g + self.feature_weight * self.feature_loss(sr, hr)
-        self._guard(loss_g, batch_idx)
+        check_finite_loss(self, loss_g, batch_idx)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss_g)
         check_finite_gradients(self)
@@ -245,7 +235,7 @@ class AdversarialRestorationTask(RestorationTask):
 
         self.toggle_optimizer(opt_d)  # discriminator step on the detached output
         loss_d = ragan_discriminator_loss(disc(hr + noise), disc(sr.detach() + noise))
-        self._guard(loss_d, batch_idx)
+        check_finite_loss(self, loss_d, batch_idx)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)
         check_finite_gradients(self)

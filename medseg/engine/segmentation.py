@@ -28,6 +28,7 @@ from torch import nn
 from medseg.engine.guards import (
     NonFiniteLossError,
     check_finite_gradients,
+    check_finite_loss,
     check_finite_weights,
 )
 from medseg.errors import ModelError
@@ -130,14 +131,7 @@ class SegmentationTask(LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         image, label = _plain(batch["image"]), _plain(batch["label"])
         loss = self.loss_fn(self.net(image), label)
-        finite = bool(torch.isfinite(loss).all())
-        if self._trainer is not None:  # every DDP rank stops together (no hang in a collective)
-            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
-        if not finite:
-            raise NonFiniteLossError(
-                f"non-finite loss at step {self.global_step} (epoch {self.current_epoch}, "
-                f"batch {batch_idx}); training stopped, the last good checkpoint is kept"
-            )
+        check_finite_loss(self, loss, batch_idx)
         self.log(
             "train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(image)
         )

@@ -412,40 +412,50 @@ def load_segmentation_checkpoint(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """``(net, preprocessing)`` from a ``SegmentationTask`` checkpoint, or :class:`ModelError`
     (exit 4) with a one-line reason. See the module docstring on trust."""
-    import pickle
-
     from medseg.engine.segmentation import SegmentationTask
 
-    where = str(path)
+    check_lightning_checkpoint(path)
+    _refuse_restoration(path)
+    task = load_task(path, SegmentationTask, device=device, trusted=trusted)
+    if not task.preprocessing:
+        raise ModelError("no_preprocessing", "checkpoint holds no preprocessing", path=str(path))
+    return task.net, dict(task.preprocessing)
+
+
+def check_lightning_checkpoint(path: str | os.PathLike[str]) -> None:
+    """:class:`ModelError` unless ``path`` is a readable ``medseg fit`` checkpoint file."""
     if not Path(path).is_file():
-        raise ModelError("checkpoint_not_found", "checkpoint not found", path=where)
+        raise ModelError("checkpoint_not_found", "checkpoint not found", path=str(path))
     if checkpoint_kind(path) != "lightning":
         raise ModelError(
             "bad_checkpoint",
             "not a medseg training checkpoint (expected a .ckpt from `medseg fit` holding "
             "state_dict and hyper_parameters; truncated or corrupt?)",
-            path=where,
+            path=str(path),
         )
-    _refuse_restoration(path)
+
+
+def load_task(
+    path: str | os.PathLike[str], task_cls: type, *, device: torch.device, trusted: bool = False
+) -> Any:
+    """``task_cls.load_from_checkpoint(path)`` (``weights_only`` unless ``trusted``); any
+    failure becomes one :class:`ModelError` line (exit 4)."""
+    import pickle
+
     try:
-        task = SegmentationTask.load_from_checkpoint(
-            path, map_location=device, weights_only=not trusted
-        )
+        return task_cls.load_from_checkpoint(path, map_location=device, weights_only=not trusted)
     except pickle.UnpicklingError as err:
         raise ModelError(
             "untrusted_checkpoint",
             "checkpoint holds pickled Python objects; load it only from a trusted source "
             "(--trust-checkpoint)",
-            path=where,
+            path=str(path),
         ) from err
     except Exception as err:  # noqa: BLE001 - any loader failure is a checkpoint error (exit 4)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(
-            "bad_checkpoint", f"cannot load checkpoint: {reason[:200]}", path=where
+            "bad_checkpoint", f"cannot load checkpoint: {reason[:200]}", path=str(path)
         ) from err
-    if not task.preprocessing:
-        raise ModelError("no_preprocessing", "checkpoint holds no preprocessing", path=where)
-    return task.net, dict(task.preprocessing)
 
 
 def _refuse_restoration(path: str | os.PathLike[str]) -> None:

@@ -27,11 +27,9 @@ checkpoints you trust; a checkpoint holding arbitrary pickled objects needs ``tr
 from __future__ import annotations
 
 import os
-import pickle
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -42,7 +40,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from medseg.errors import InputError, ModelError
-from medseg.inference.automatic import checkpoint_kind
+from medseg.inference.automatic import check_lightning_checkpoint, checkpoint_kind, load_task
 from medseg.inference.device import resolve_device
 from medseg.io import Volume
 from medseg.transforms.intensity import denormalise, fit_intensity, normalise
@@ -281,41 +279,20 @@ def load_restoration_checkpoint(
     :class:`ModelError` (exit 4) with a one-line reason otherwise."""
     from medseg.engine.restoration import AdversarialRestorationTask, RestorationTask
 
-    where = str(path)
-    if not Path(path).is_file():
-        raise ModelError("checkpoint_not_found", "checkpoint not found", path=where)
-    if checkpoint_kind(path) != "lightning":
-        raise ModelError(
-            "bad_checkpoint",
-            "not a medseg training checkpoint (expected a .ckpt from `medseg fit`; truncated "
-            "or corrupt?)",
-            path=where,
-        )
+    check_lightning_checkpoint(path)
     try:
         raw = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
         hp = raw.get("hyper_parameters") or {}
-        if not hp.get("restoration"):
-            raise ModelError(
-                "not_restoration",
-                "a segmentation checkpoint, not a restoration one: use `medseg segment`",
-                path=where,
-            )
-        adversarial = "adv_weight" in hp
-        task_cls = AdversarialRestorationTask if adversarial else RestorationTask
-        task = task_cls.load_from_checkpoint(path, map_location=device, weights_only=not trusted)
-    except ModelError:
-        raise
-    except pickle.UnpicklingError as err:
+    except Exception:  # noqa: BLE001 - load_task below names the problem
+        hp = {"restoration": True}
+    if not hp.get("restoration"):
         raise ModelError(
-            "untrusted_checkpoint",
-            "checkpoint holds pickled Python objects; load it only from a trusted source "
-            "(--trust-checkpoint)",
-            path=where,
-        ) from err
-    except Exception as err:  # noqa: BLE001 - any loader failure is a checkpoint error (exit 4)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(
-            "bad_checkpoint", f"cannot load checkpoint: {reason[:200]}", path=where
-        ) from err
+            "not_restoration",
+            "a segmentation checkpoint, not a restoration one: use `medseg segment`",
+            path=str(path),
+        )
+    adversarial = "adv_weight" in hp
+    task_cls = AdversarialRestorationTask if adversarial else RestorationTask
+    task = load_task(path, task_cls, device=device, trusted=trusted)
     net = task.net.generator if adversarial else task.net
     return net.eval(), dict(task.restoration)
