@@ -156,3 +156,25 @@ def test_bad_overlap_and_roi_are_refused():
         Restorer(Identity2D(), r, device="cpu", overlap=1.0)
     with pytest.raises(InputError, match="roi needs 2"):
         Restorer(Identity2D(), r, device="cpu", roi=(8, 8, 8))
+
+
+def test_cli_errors_are_one_line_with_exit_codes(tmp_path, capsys):
+    from medseg.cli.main import main
+
+    vol = tmp_path / "in.nii.gz"
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.eye(4)), vol)
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    cases = [
+        (["--checkpoint", str(tmp_path / "missing.ckpt")], 4, "checkpoint not found"),
+        (["--checkpoint", str(bad)], 4, "not a medseg training checkpoint"),
+        (["--checkpoint", str(bad), "--seg-checkpoint", str(bad)], 2, "go together"),
+        (["--checkpoint", str(bad), "--roi", "a,b"], 2, "--roi"),
+    ]
+    for extra, code, words in cases:
+        assert main(["restore", str(vol), "-o", str(tmp_path / "out"), *extra]) == code
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:") and words in err[0], err
+    assert not list((tmp_path / "out").glob("*.nii.gz"))  # nothing written

@@ -82,12 +82,6 @@ def run(args: argparse.Namespace) -> int:
     roi = _sizes(args.roi)
     image_path, report_path = _outputs(args, case_name(args.input))
     cleanup_orphan_temps(image_path.parent)
-    volume = load_volume(
-        args.input,
-        volume_index="all" if args.volume is None else args.volume,
-        series_uid=args.series_uid,
-        nan_policy=args.nan_policy,
-    )
     restorer = Restorer.from_checkpoint(
         args.checkpoint,
         device=args.device,
@@ -102,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
             f"--scale {args.scale}, but the checkpoint upsamples by {restorer.scale}",
             path=args.checkpoint,
         )
+    volume = load_volume(
+        args.input,
+        volume_index="all" if args.volume is None else args.volume,
+        series_uid=args.series_uid,
+        nan_policy=args.nan_policy,
+    )
     if restorer.takes_regions:
         restorer.partitioner = choose_partitioner(args.regions, restorer.restoration, args.device)
     result = restorer.restore(volume)
