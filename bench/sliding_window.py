@@ -22,6 +22,7 @@ Training throughput: forward + backward + AdamW step of WAU tiny and WAU base on
 samples/s.
 
     .venv/bin/python -m bench.sliding_window               # full run, median of 3
+    .venv/bin/python -m bench.sliding_window --classes 4 --fit-cache /tmp/swcache --no-train
     .venv/bin/python -m bench.sliding_window --quick       # smoke: S = 64, patch 32, 1 repeat
 """
 
@@ -38,7 +39,7 @@ import torch
 
 from medseg.inference.automatic import AutomaticSegmenter
 
-CLASSES = 14
+CLASSES = 14  # default; --classes changes it
 Run = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -48,6 +49,7 @@ def main(args: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small volume, 1 repeat (smoke)")
     parser.add_argument("--size", type=int, default=192, help="volume side S (voxels)")
     parser.add_argument("--patch", type=int, default=96, help="trained patch side")
+    parser.add_argument("--classes", type=int, default=CLASSES, help="phantom classes (2..14)")
     parser.add_argument("--fit-steps", type=int, default=400, help="fit steps (0: random init)")
     parser.add_argument("--norms", default="instance,batch", help="UNet normalisations to run")
     parser.add_argument(
@@ -59,10 +61,10 @@ def main(args: list[str] | None = None) -> None:
     repeats = 1 if opts.quick else opts.repeats
     size, patch = (64, 32) if opts.quick else (opts.size, opts.patch)
     steps = min(opts.fit_steps, 5) if opts.quick else opts.fit_steps
-    image, truth = phantom(size)
+    image, truth = phantom(size, opts.classes)
     print(
         f"# sliding window: {platform.machine()}, {torch.get_num_threads()} threads, torch "
-        f"{torch.__version__}; volume 1x1x{size}^3, patch {patch}^3, {CLASSES} classes, "
+        f"{torch.__version__}; volume 1x1x{size}^3, patch {patch}^3, {opts.classes} classes, "
         f"{steps} fit steps, median of {repeats} round-robin rounds\n"
     )
     print(
@@ -72,8 +74,8 @@ def main(args: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|")
     for norm in opts.norms.split(","):
         torch.manual_seed(0)
-        net = fitted(norm, image, truth, steps, min(patch, 64), opts.fit_cache)
-        variants = sliding_variants(net, patch, opts.extra)
+        net = fitted(norm, opts.classes, image, truth, steps, min(patch, 64), opts.fit_cache)
+        variants = sliding_variants(net, patch, opts.classes, opts.extra)
         seconds, labels = timed(variants, image, repeats)
         ref = labels[0]
         base = seconds[0]
@@ -90,7 +92,7 @@ def main(args: list[str] | None = None) -> None:
         training_table(opts.quick, repeats)
 
 
-def monai_unet(norm: str = "instance") -> torch.nn.Module:
+def monai_unet(norm: str = "instance", classes: int = CLASSES) -> torch.nn.Module:
     """PERF.md §4's UNet: 4.8 M parameters, 21.7 GFLOP per 96^3 window. ``norm="batch"`` (in
     eval mode: fixed statistics) makes its output independent of the window size."""
     from monai.networks.nets import UNet
@@ -98,7 +100,7 @@ def monai_unet(norm: str = "instance") -> torch.nn.Module:
     return UNet(
         spatial_dims=3,
         in_channels=1,
-        out_channels=CLASSES,
+        out_channels=classes,
         channels=(16, 32, 64, 128, 256),
         strides=(2, 2, 2, 2),
         num_res_units=2,
@@ -106,30 +108,32 @@ def monai_unet(norm: str = "instance") -> torch.nn.Module:
     )
 
 
-def phantom(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def phantom(size: int, classes: int = CLASSES, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Image ``(1, 1, S, S, S)`` float32 (z-scored) and labels ``(1, S, S, S)`` int64: 13
     overlapping spheres (later ones on top), each class with its own brightness, mild noise."""
     rng = np.random.default_rng(seed)
     axes = np.linspace(-1, 1, size, dtype=np.float32)
     g = np.stack(np.meshgrid(axes, axes, axes, indexing="ij"))
     label = np.zeros((size,) * 3, np.int64)
-    for k in range(1, CLASSES):
+    for k in range(1, classes):
         c = rng.uniform(-0.65, 0.65, (3, 1, 1, 1)).astype(np.float32)
         label[((g - c) ** 2).sum(0) <= rng.uniform(0.15, 0.35) ** 2] = k
-    levels = rng.permutation(np.linspace(-2.0, 2.0, CLASSES)).astype(np.float32)
+    levels = rng.permutation(np.linspace(-2.0, 2.0, classes)).astype(np.float32)
     img = levels[label] + rng.normal(0, 0.05, label.shape).astype(np.float32)
     img = (img - img.mean()) / img.std()
     return torch.from_numpy(img)[None, None], torch.from_numpy(label)[None]
 
 
-def fitted(norm: str, image, truth, steps: int, crop: int, cache: str | None) -> torch.nn.Module:
+def fitted(
+    norm: str, classes: int, image, truth, steps: int, crop: int, cache: str | None
+) -> torch.nn.Module:
     """The fitted bench net, from ``cache`` when an earlier run with the same settings left it."""
     from pathlib import Path
 
-    net = monai_unet(norm)
+    net = monai_unet(norm, classes)
     path = None
     if cache:
-        path = Path(cache) / f"unet_{norm}_{image.shape[-1]}_{steps}_{crop}.pt"
+        path = Path(cache) / f"unet_{norm}_{classes}_{image.shape[-1]}_{steps}_{crop}.pt"
         if path.is_file():
             net.load_state_dict(torch.load(path, weights_only=True))
             return net.eval()
@@ -165,7 +169,9 @@ def fit(net: torch.nn.Module, image: torch.Tensor, truth: torch.Tensor, steps: i
     return net.eval()
 
 
-def sliding_variants(net: torch.nn.Module, patch: int, extra: bool) -> list[tuple[str, Run]]:
+def sliding_variants(
+    net: torch.nn.Module, patch: int, classes: int, extra: bool
+) -> list[tuple[str, Run]]:
     from monai.inferers import sliding_window_inference
 
     roi = (patch,) * 3
@@ -179,7 +185,7 @@ def sliding_variants(net: torch.nn.Module, patch: int, extra: bool) -> list[tupl
         return run
 
     def ours(**kwargs) -> Run:
-        seg = AutomaticSegmenter(net, _preprocessing(patch), device="cpu", **kwargs)
+        seg = AutomaticSegmenter(net, _preprocessing(patch, classes), device="cpu", **kwargs)
         return lambda x: seg.predict_logits(x)[0]
 
     rows = [("MONAI fp32, roi = patch, sw_batch 1 (baseline)", monai(False))]
@@ -197,14 +203,14 @@ def sliding_variants(net: torch.nn.Module, patch: int, extra: bool) -> list[tupl
     return rows
 
 
-def _preprocessing(patch: int) -> dict:
+def _preprocessing(patch: int, classes: int) -> dict:
     return {
         "spatial_dims": 3,
         "target_spacing": [1.0, 1.0, 1.0],
         "orientation": "RAS",
         "channel_names": ["MRI"],
         "normalisation": [{"scheme": "zscore"}],
-        "labels": {str(i): f"class{i}" for i in range(CLASSES)},
+        "labels": {str(i): f"class{i}" for i in range(classes)},
         "patch_size": [patch] * 3,
         "slice_axis": 2,
     }
@@ -229,7 +235,7 @@ def timed(
 def per_class_dice(a: torch.Tensor, b: torch.Tensor) -> list[float]:
     """Dice of every class present in either map (absent from both: left out)."""
     out = []
-    for c in range(CLASSES):
+    for c in range(int(max(a.max(), b.max())) + 1):
         p, g = a == c, b == c
         total = int(p.sum()) + int(g.sum())
         if total:
