@@ -44,19 +44,17 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import pickletools
 import time
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from medseg.errors import InputError, ModelError
+from medseg.errors import InputError
+from medseg.inference.checkpoints import checkpoint_kind, load_segmentation_checkpoint
 from medseg.inference.device import resolve_device, resolve_precision
 from medseg.inference.postprocess import keep_largest_component
 from medseg.io import Volume, load_volume
@@ -388,83 +386,3 @@ def count_windows(extent: Sequence[int], roi: Sequence[int], overlap: float) -> 
         step = max(int(r * (1 - overlap)), 1)
         n *= 1 if e <= r else math.ceil((e - r) / step) + 1
     return n
-
-
-def checkpoint_kind(path: str | os.PathLike[str]) -> str:
-    """``"lightning"`` for a torch zip checkpoint whose pickle names ``state_dict`` and
-    ``hyper_parameters`` (``medseg fit``), ``"state_dict"`` for another torch zip checkpoint
-    (e.g. LiteMedSAM weights), ``"unknown"`` when the file is no readable torch zip. Only the
-    pickle's opcodes are scanned: nothing is unpickled or imported."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
-            if not names:
-                return "unknown"
-            payload = archive.read(min(names, key=len))
-        strings = {arg for _, arg, _ in pickletools.genops(payload) if isinstance(arg, str)}
-    except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError):
-        return "unknown"
-    return "lightning" if {"state_dict", "hyper_parameters"} <= strings else "state_dict"
-
-
-def load_segmentation_checkpoint(
-    path: str | os.PathLike[str], *, device: torch.device, trusted: bool = False
-) -> tuple[nn.Module, dict[str, Any]]:
-    """``(net, preprocessing)`` from a ``SegmentationTask`` checkpoint, or :class:`ModelError`
-    (exit 4) with a one-line reason. See the module docstring on trust."""
-    from medseg.engine.segmentation import SegmentationTask
-
-    check_lightning_checkpoint(path)
-    _refuse_restoration(path)
-    task = load_task(path, SegmentationTask, device=device, trusted=trusted)
-    if not task.preprocessing:
-        raise ModelError("no_preprocessing", "checkpoint holds no preprocessing", path=str(path))
-    return task.net, dict(task.preprocessing)
-
-
-def check_lightning_checkpoint(path: str | os.PathLike[str]) -> None:
-    """:class:`ModelError` unless ``path`` is a readable ``medseg fit`` checkpoint file."""
-    if not Path(path).is_file():
-        raise ModelError("checkpoint_not_found", "checkpoint not found", path=str(path))
-    if checkpoint_kind(path) != "lightning":
-        raise ModelError(
-            "bad_checkpoint",
-            "not a medseg training checkpoint (expected a .ckpt from `medseg fit` holding "
-            "state_dict and hyper_parameters; truncated or corrupt?)",
-            path=str(path),
-        )
-
-
-def load_task(
-    path: str | os.PathLike[str], task_cls: type, *, device: torch.device, trusted: bool = False
-) -> Any:
-    """``task_cls.load_from_checkpoint(path)`` (``weights_only`` unless ``trusted``); any
-    failure becomes one :class:`ModelError` line (exit 4)."""
-    import pickle
-
-    try:
-        return task_cls.load_from_checkpoint(path, map_location=device, weights_only=not trusted)
-    except pickle.UnpicklingError as err:
-        raise ModelError(
-            "untrusted_checkpoint",
-            "checkpoint holds pickled Python objects; load it only from a trusted source "
-            "(--trust-checkpoint)",
-            path=str(path),
-        ) from err
-    except Exception as err:  # noqa: BLE001 - any loader failure is a checkpoint error (exit 4)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(
-            "bad_checkpoint", f"cannot load checkpoint: {reason[:200]}", path=str(path)
-        ) from err
-
-
-def _refuse_restoration(path: str | os.PathLike[str]) -> None:
-    """A restoration checkpoint given to a segmentation command: say which command to use."""
-    from medseg.inference.restoration import is_restoration_checkpoint
-
-    if is_restoration_checkpoint(path):
-        raise ModelError(
-            "restoration_checkpoint",
-            "a restoration checkpoint, not a segmentation one: use `medseg restore`",
-            path=str(path),
-        )

@@ -40,7 +40,7 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from medseg.errors import InputError, ModelError
-from medseg.inference.automatic import check_lightning_checkpoint, checkpoint_kind, load_task
+from medseg.inference.checkpoints import check_lightning_checkpoint, checkpoint_kind, load_task
 from medseg.inference.device import resolve_device
 from medseg.io import Volume
 from medseg.transforms.intensity import denormalise, fit_intensity, normalise
