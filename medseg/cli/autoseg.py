@@ -77,7 +77,7 @@ def add_automatic_arguments(p: argparse.ArgumentParser) -> None:
 
 def choose_mode(args: argparse.Namespace) -> str:
     """``"automatic"`` or ``"prompted"``; raises :class:`InputError` on a mismatch."""
-    from medseg.inference.automatic import checkpoint_kind
+    from medseg.inference.checkpoints import checkpoint_kind
 
     prompted = any([args.box, args.point, args.box_mm, args.point_mm, args.slice is not None])
     prompted = prompted or bool(args.slices) or args.no_propagate
