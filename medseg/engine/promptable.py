@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from medseg.engine.guards import check_finite_gradients, check_finite_loss, check_finite_weights
+from medseg.engine.base import MedsegTask
+from medseg.engine.guards import check_finite_loss
 from medseg.engine.prompts import (
     boxes_from_masks,
     from_frame,
@@ -52,7 +52,7 @@ __all__ = [
 ]
 
 
-class PromptableSegmentationTask(LightningModule):
+class PromptableSegmentationTask(MedsegTask):
     """Promptable (box) or support-prompted fine-tuning on 2-D slices.
 
     Args:
@@ -185,22 +185,7 @@ class PromptableSegmentationTask(LightningModule):
             bank.append((img.detach().cpu(), m.detach().cpu()))
         del bank[: max(0, len(bank) - self.support_bank)]
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        check_finite_gradients(self)
-
-    # evaluation --------------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-
+    # prediction (validation and test hooks: MedsegTask) -------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Any:
         raise ModelError(
             "promptable_predict",
@@ -327,7 +312,7 @@ class PromptableSegmentationTask(LightningModule):
                 c: [((img * 255).round().to(torch.uint8), m.to(torch.uint8)) for img, m in items]
                 for c, items in self._bank.items()
             }
-        check_finite_weights(checkpoint, self.global_step)
+        super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         bank = checkpoint.get("support_bank") or {}
@@ -349,6 +334,6 @@ class BCEWithPosWeight(nn.Module):
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
 
 
-def _generator(task: LightningModule) -> torch.Generator:
+def _generator(task: MedsegTask) -> torch.Generator:
     """Per-step generator seeded from the global RNG (so ``seed_everything`` fixes it)."""
     return torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from torch import nn
 
-from medseg.engine.guards import check_finite_gradients, check_finite_loss, check_finite_weights
+from medseg.engine.base import MedsegTask
+from medseg.engine.guards import check_finite_gradients, check_finite_loss
 from medseg.losses.adversarial import (
     FeatureLoss,
     instance_noise_sigma,
@@ -38,7 +38,7 @@ from medseg.metrics import RestorationMetrics
 __all__ = ["AdversarialRestorationTask", "RestorationTask"]
 
 
-class RestorationTask(LightningModule):
+class RestorationTask(MedsegTask):
     """Supervised restoration: ``net(input[, regions]) -> target``.
 
     Args:
@@ -99,9 +99,6 @@ class RestorationTask(LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        check_finite_gradients(self)
-
     def configure_optimizers(self) -> Any:
         params = [p for p in self.net.parameters() if p.requires_grad]
         opt = (
@@ -112,22 +109,6 @@ class RestorationTask(LightningModule):
         if self.schedule == "constant":
             return opt
         return {"optimizer": opt, "lr_scheduler": self._cosine(opt)}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_finite_weights(checkpoint, self.global_step)
-
-    # evaluation --------------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
 
     # helpers -----------------------------------------------------------------------------------
     def _loss(self, pred, target, regions) -> torch.Tensor:

@@ -20,16 +20,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from medseg.engine.base import MedsegTask
 from medseg.engine.guards import (
     NonFiniteLossError,
-    check_finite_gradients,
     check_finite_loss,
-    check_finite_weights,
 )
 from medseg.errors import ModelError
 from medseg.losses import DeepSupervisionLoss
@@ -40,7 +38,7 @@ __all__ = ["NonFiniteLossError", "SegmentationTask"]
 SCHEDULES = ("poly", "cosine", "constant")
 
 
-class SegmentationTask(LightningModule):
+class SegmentationTask(MedsegTask):
     """Supervised segmentation with Dice+CE, sliding-window validation, Dice/HD95 metrics.
 
     Args:
@@ -137,22 +135,7 @@ class SegmentationTask(LightningModule):
         )
         return loss
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        check_finite_gradients(self)
-
-    # evaluation --------------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._log_metrics("test")
-
+    # prediction (validation and test hooks: MedsegTask) -------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Arg-max labels mapped back onto each input grid.
 
@@ -210,9 +193,6 @@ class SegmentationTask(LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_finite_weights(checkpoint, self.global_step)
 
     # helpers -----------------------------------------------------------------------------------
     @property
