@@ -135,8 +135,7 @@ def hub_from_checkpoints(
     segmentation model. Models are named after the file stem (``last``, ``last-2``, ... when
     stems repeat) and loaded now, so a bad file fails at start-up (:class:`ModelError`, exit 4)."""
     from medseg.inference.automatic import AutomaticSegmenter
-    from medseg.inference.checkpoints import checkpoint_kind
-    from medseg.inference.restoration import is_restoration_checkpoint
+    from medseg.inference.checkpoints import checkpoint_kind, is_restoration_checkpoint
 
     hub = ModelHub(device=device, precision=precision, threads=threads)
     for path in paths:

@@ -9,8 +9,11 @@ is imported and called to rebuild it: load only checkpoints you trust. They are 
 from __future__ import annotations
 
 import os
+import pickle
 import pickletools
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,9 @@ from medseg.errors import ModelError
 
 __all__ = [
     "check_lightning_checkpoint",
+    "checkpoint_hparams",
     "checkpoint_kind",
+    "is_restoration_checkpoint",
     "load_segmentation_checkpoint",
     "load_task",
 ]
@@ -72,15 +77,41 @@ def check_lightning_checkpoint(path: str | os.PathLike[str]) -> None:
         )
 
 
+def checkpoint_hparams(path: str | os.PathLike[str], *, trusted: bool = False) -> dict[str, Any]:
+    """The ``hyper_parameters`` of a checkpoint (memory-mapped: the weights are not read);
+    failures as :func:`load_task`."""
+    with _model_errors(path):
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
+    return dict(ckpt.get("hyper_parameters") or {})
+
+
+def is_restoration_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """True for a ``medseg fit`` checkpoint of a restoration task (its hyper-parameters hold a
+    ``restoration`` dict); False for anything else, unreadable files included."""
+    if checkpoint_kind(path) != "lightning":
+        return False
+    try:
+        return bool(checkpoint_hparams(path).get("restoration"))
+    except ModelError:  # unreadable or untrusted: the loader that follows says so
+        return False
+
+
 def load_task(
     path: str | os.PathLike[str], task_cls: type, *, device: torch.device, trusted: bool = False
 ) -> Any:
     """``task_cls.load_from_checkpoint(path)`` (``weights_only`` unless ``trusted``); any
     failure becomes one :class:`ModelError` line (exit 4)."""
-    import pickle
-
-    try:
+    with _model_errors(path):
         return task_cls.load_from_checkpoint(path, map_location=device, weights_only=not trusted)
+
+
+@contextmanager
+def _model_errors(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn any checkpoint-reading failure into one :class:`ModelError` line (exit 4)."""
+    try:
+        yield
+    except ModelError:
+        raise
     except pickle.UnpicklingError as err:
         raise ModelError(
             "untrusted_checkpoint",
@@ -97,8 +128,6 @@ def load_task(
 
 def _refuse_restoration(path: str | os.PathLike[str]) -> None:
     """A restoration checkpoint given to a segmentation command: say which command to use."""
-    from medseg.inference.restoration import is_restoration_checkpoint
-
     if is_restoration_checkpoint(path):
         raise ModelError(
             "restoration_checkpoint",

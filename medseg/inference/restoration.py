@@ -40,7 +40,11 @@ from monai.inferers import sliding_window_inference
 from torch import nn
 
 from medseg.errors import InputError, ModelError
-from medseg.inference.checkpoints import check_lightning_checkpoint, checkpoint_kind, load_task
+from medseg.inference.checkpoints import (
+    check_lightning_checkpoint,
+    checkpoint_hparams,
+    load_task,
+)
 from medseg.inference.device import resolve_device
 from medseg.io import Volume
 from medseg.transforms.intensity import denormalise, fit_intensity, normalise
@@ -49,7 +53,6 @@ __all__ = [
     "RestorationOutput",
     "choose_partitioner",
     "Restorer",
-    "is_restoration_checkpoint",
     "load_restoration_checkpoint",
     "super_resolved_affine",
 ]
@@ -260,18 +263,6 @@ def _describe(partitioner: Any) -> dict[str, Any] | None:
     }
 
 
-def is_restoration_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """True for a ``medseg fit`` checkpoint of a restoration task (reads only the small pickle;
-    nothing is imported or built)."""
-    if checkpoint_kind(path) != "lightning":
-        return False
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable or untrusted: not for us to decide here
-        return False
-    return bool((ckpt.get("hyper_parameters") or {}).get("restoration"))
-
-
 def load_restoration_checkpoint(
     path: str | os.PathLike[str], *, device: torch.device, trusted: bool = False
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -280,11 +271,7 @@ def load_restoration_checkpoint(
     from medseg.engine.restoration import AdversarialRestorationTask, RestorationTask
 
     check_lightning_checkpoint(path)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=not trusted, mmap=True)
-        hp = raw.get("hyper_parameters") or {}
-    except Exception:  # noqa: BLE001 - load_task below names the problem
-        hp = {"restoration": True}
+    hp = checkpoint_hparams(path, trusted=trusted)
     if not hp.get("restoration"):
         raise ModelError(
             "not_restoration",
