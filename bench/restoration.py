@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -222,7 +221,6 @@ def main() -> None:
     if args.skip != "disgan":
         disgan_table((32, 32, 32) if args.quick else (64, 48, 32), repeats, args.threads)
     print(f"\n({time.time() - t0:.0f} s, {args.threads} threads, median of {repeats})")
-    _ = statistics  # medians are taken in the children
 
 
 if __name__ == "__main__":
