@@ -22,7 +22,7 @@ import torch
 from testkit import ellipsoid_volume
 from torch import nn
 
-from medseg.cli import autoseg
+from medseg.cli import batch
 from medseg.cli.main import main
 from medseg.inference.automatic import (
     AutomaticSegmenter,
@@ -233,11 +233,11 @@ def test_dicom_folder_is_one_input_and_nested_folders_are_refused(tmp_path):
     series.mkdir()
     for i in range(3):
         (series / f"IM{i:04d}").write_bytes(b"\x00" * 128 + b"DICM")
-    assert autoseg.list_inputs(series) == ([series], [])
+    assert batch.list_inputs(series) == ([series], [])
     nested = tmp_path / "nested"
     (nested / "patient001").mkdir(parents=True)
     with pytest.raises(Exception, match="only sub-folders"):
-        autoseg.list_inputs(nested)
+        batch.list_inputs(nested)
 
 
 # learning, honestly (slow): medseg fit -> medseg segment -> medseg evaluate -----------------

@@ -135,6 +135,36 @@ def test_restore_refuses_a_wrong_scale_and_existing_outputs(rat_ckpt, tmp_path, 
     assert main([*base, "--overwrite"]) == 0
 
 
+def test_restore_a_folder_of_volumes(rat_ckpt, tmp_path, capsys):
+    """A folder of volumes: each case restored on its own grid; a broken case is listed, the
+    others still written, the exit code is the failure's; -o must then be a folder."""
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name, shape in (("a", (32, 32, 4)), ("b", (24, 40, 3))):
+        (tmp_path / name).mkdir()
+        path, _ = held_out(tmp_path / name, shape)
+        path.rename(cases / f"{name}.nii.gz")
+    (cases / "broken.nii.gz").write_bytes(b"not a volume")
+    (cases / "notes.txt").write_text("x", encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["restore", str(cases), "-o", str(out), "--checkpoint", str(rat_ckpt)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ignoring entries that are not volume files: notes.txt" in err
+    assert "1 of 3 case(s) failed: broken.nii.gz" in err
+    for name in ("a", "b"):
+        restored, source = (
+            nib.load(out / f"{name}_restored.nii.gz"),
+            nib.load(cases / f"{name}.nii.gz"),
+        )
+        assert restored.shape == source.shape
+        np.testing.assert_array_equal(restored.affine, source.affine)
+        assert (out / f"{name}_restore.json").is_file()
+    assert not (out / "broken_restored.nii.gz").exists()
+    assert main([*argv[:3], str(tmp_path / "x.nii.gz"), *argv[4:]]) == 2
+    assert "-o must name an output folder" in capsys.readouterr().err
+
+
 def test_segment_with_a_restoration_checkpoint_names_the_right_command(rat_ckpt, tmp_path, capsys):
     path, _ = held_out(tmp_path, (32, 32, 4))
     argv = ["segment", str(path), "-o", str(tmp_path / "o"), "--checkpoint", str(rat_ckpt)]

@@ -5,11 +5,8 @@ checkpoint whose pickle holds ``state_dict`` + ``hyper_parameters`` is a segment
 (automatic); anything else goes to LiteMedSAM (prompted). A prompt with a segmentation
 checkpoint, or automatic options / no prompt with a LiteMedSAM checkpoint, is refused (exit 2).
 
-Inputs (:func:`list_inputs`): a file, a DICOM series folder, or a folder of volume files (any
-file named ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd``). A folder holding no such file
-is read as one DICOM series. In a folder of volumes, hidden files are skipped and every other
-entry that is not a volume file (sub-folders included: they are not searched) is named in one
-``note:`` line.
+Inputs: a file, a DICOM series folder, or a folder of volume files
+(:func:`medseg.cli.batch.list_inputs`).
 
 Outputs per case ``<name>`` (the file name without its extension): ``<name>_seg.nii.gz`` (label
 map on the input grid, the input's affine and NIfTI forms), ``<name>_stats.json`` (volumes per
@@ -21,13 +18,12 @@ label, named as in the checkpoint), ``<name>_preview.png`` and, with ``--save-pr
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from medseg.errors import InputError, MedsegError
+from medseg.errors import InputError
 
-__all__ = ["add_automatic_arguments", "choose_mode", "list_inputs", "run_automatic"]
+__all__ = ["add_automatic_arguments", "choose_mode", "run_automatic"]
 
 AUTO_FLAGS = {
     "overlap": "--overlap",
@@ -118,23 +114,17 @@ def choose_mode(args: argparse.Namespace) -> str:
 
 def run_automatic(args: argparse.Namespace) -> int:
     """Segment every input; returns 0, or the first failure's exit code after listing them."""
-    from tqdm.auto import tqdm
-
     from medseg.inference.automatic import AutomaticSegmenter
     from medseg.io import cleanup_orphan_temps
 
+    from .batch import list_inputs, note_ignored, run_cases
     from .outputs import prepare_outputs
 
     inputs, ignored = list_inputs(Path(args.input))
-    batch = inputs != [Path(args.input)]
-    if ignored:
-        shown = ", ".join(ignored[:5]) + (f", ... ({len(ignored)})" if len(ignored) > 5 else "")
-        print(
-            f"note: {args.input}: ignoring entries that are not volume files: {shown}",
-            file=sys.stderr,
-        )
+    note_ignored(args.input, ignored)
     prepare_outputs(args.output, [], overwrite=args.overwrite, protect=[])  # folder usable?
     cleanup_orphan_temps(Path(args.output))
+    batch = inputs != [Path(args.input)]
     segmenter = AutomaticSegmenter.from_checkpoint(
         args.checkpoint,
         trusted=args.trust_checkpoint,
@@ -147,29 +137,12 @@ def run_automatic(args: argparse.Namespace) -> int:
         largest_component=_labels(args.largest_component),
         progress=not args.quiet and not batch,
     )
-    names = _case_names(inputs)
-    failures: list[tuple[Path, MedsegError]] = []
-    for path in tqdm(inputs, desc="cases", unit="case", disable=args.quiet or not batch):
-        if not batch:  # one input: its error is the command's error (one line, by main)
-            report, out_paths = segment_case(args, segmenter, path, names[path] or path.name)
-            _summary(args, out_paths, report)
-            continue
-        try:
-            if names[path] is None:
-                raise InputError("duplicate_name", "another input has the same name; rename one")
-            report, out_paths = segment_case(args, segmenter, path, names[path])
-        except MedsegError as exc:
-            if exc.path is None:
-                exc.path = str(path)
-            print(f"error: {exc}", file=sys.stderr)
-            failures.append((path, exc))
-            continue
+
+    def one(path: Path, name: str) -> None:
+        report, out_paths = segment_case(args, segmenter, path, name)
         _summary(args, out_paths, report)
-    if failures:
-        listed = ", ".join(p.name for p, _ in failures)
-        print(f"error: {len(failures)} of {len(inputs)} case(s) failed: {listed}", file=sys.stderr)
-        return failures[0][1].exit_code
-    return 0
+
+    return run_cases(inputs, batch, one, quiet=args.quiet)
 
 
 def _summary(args: argparse.Namespace, out_paths, report: dict) -> None:
@@ -217,39 +190,6 @@ def segment_case(args: argparse.Namespace, segmenter, path: Path, name: str):
     if result.probabilities is not None:
         save_volume(result.probabilities, out_paths[3], overwrite=args.overwrite, protect=[path])
     return report, out_paths
-
-
-def list_inputs(path: Path) -> tuple[list[Path], list[str]]:
-    """``([path], [])`` for a file or a DICOM series folder; for a folder of volume files
-    ``(sorted volume files, names of the other non-hidden entries)`` (see the module doc)."""
-    from medseg.io.sniff import extension_kind
-
-    if not path.is_dir():
-        return [path], []
-    entries = sorted(e for e in path.iterdir() if not e.name.startswith("."))
-    volumes = [e for e in entries if e.is_file() and extension_kind(e)[1] is not None]
-    if not volumes:
-        if entries and all(e.is_dir() for e in entries):
-            raise InputError(
-                "no_inputs",
-                "holds only sub-folders: give a folder of volume files or one DICOM series "
-                "folder (sub-folders are not searched)",
-                path=str(path),
-            )
-        return [path], []  # a DICOM series (load_volume reports an empty/unreadable folder)
-    companions = {v.with_suffix(s).name for v in volumes for s in (".raw", ".zraw")}
-    ignored = [e.name for e in entries if e not in volumes and e.name not in companions]
-    return volumes, ignored
-
-
-def _case_names(inputs: list[Path]) -> dict[Path, str | None]:
-    """Output stem per input; None for inputs whose stem another input already has."""
-    from .outputs import case_name
-
-    seen: dict[str, int] = {}
-    for p in inputs:
-        seen[case_name(p)] = seen.get(case_name(p), 0) + 1
-    return {p: case_name(p) if seen[case_name(p)] == 1 else None for p in inputs}
 
 
 def _roi(text: str | None):

@@ -3,8 +3,10 @@
     medseg restore scan.nii.gz -o out/ --checkpoint runs/rat_acdc/fold0/checkpoints/last.ckpt
     medseg restore t1.nii.gz -o t1_x2.nii.gz --checkpoint disgan.ckpt --scale 2
 
-``-o`` is a folder (``<name>_restored.nii.gz`` and ``<name>_restore.json`` are written there) or
-a volume file name (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``; the JSON goes next to
+``IN`` is a volume file, a DICOM series folder or a folder of volume files (each restored in
+turn; a failed case is listed and the others still run). ``-o`` is a folder
+(``<name>_restored.nii.gz`` and ``<name>_restore.json`` are written there) or, for one input, a
+volume file name (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``; the JSON goes next to
 it). Intensities come back in the input's units (HU stays HU). Geometry: denoising keeps the
 input grid exactly; super-resolution by ``s`` keeps the physical extent and the orientation with
 ``s`` times the voxels (``1/s`` the spacing) along the upsampled axes (all three for a 3-D model
@@ -44,7 +46,9 @@ def add_parser(sub, parents) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", help="NIfTI, NRRD, MHA/MHD file or a DICOM series folder")
+    p.add_argument(
+        "input", help="NIfTI, NRRD, MHA/MHD file, a DICOM series folder or a folder of volumes"
+    )
     p.add_argument("-o", "--output", required=True, help="output folder or volume file name")
     p.add_argument("--checkpoint", required=True, help="restoration checkpoint from medseg fit")
     p.add_argument("--scale", type=int, default=None, help="expected upsampling factor (check)")
@@ -72,16 +76,29 @@ def add_parser(sub, parents) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.inference.restoration import Restorer, choose_partitioner
-    from medseg.io import cleanup_orphan_temps, load_volume, save_volume
+    from medseg.io import cleanup_orphan_temps
 
-    from .outputs import case_name, write_bytes_atomic
+    from .batch import list_inputs, note_ignored, run_cases
+    from .outputs import case_name
 
-    started = time.perf_counter()
     if (args.seg_checkpoint is None) != (args.reference is None):
         raise InputError("bad_argument", "--seg-checkpoint and --reference go together")
     roi = _sizes(args.roi)
-    image_path, report_path = _outputs(args, case_name(args.input))
-    cleanup_orphan_temps(image_path.parent)
+    inputs, ignored = list_inputs(Path(args.input))
+    batch = inputs != [Path(args.input)]
+    if batch and _file_suffix(Path(args.output)) is not None:
+        raise InputError(
+            "bad_argument",
+            f"{args.input} is a folder of volumes: -o must name an output folder, not a file",
+        )
+    if batch and args.reference is not None:
+        raise InputError(
+            "bad_argument",
+            "--reference is one label map: give one input volume with --seg-checkpoint",
+        )
+    note_ignored(args.input, ignored)
+    # outputs checked before the model loads: the folder for a batch, the files for one input
+    _outputs(args, inputs[0], "" if batch else case_name(inputs[0]))
     restorer = Restorer.from_checkpoint(
         args.checkpoint,
         device=args.device,
@@ -96,18 +113,34 @@ def run(args: argparse.Namespace) -> int:
             f"--scale {args.scale}, but the checkpoint upsamples by {restorer.scale}",
             path=args.checkpoint,
         )
+    if restorer.takes_regions:
+        restorer.partitioner = choose_partitioner(args.regions, restorer.restoration, args.device)
+
+    def one(path: Path, name: str) -> None:
+        image_path, report_path = _outputs(args, path, name)
+        cleanup_orphan_temps(image_path.parent)
+        restore_case(args, restorer, path, image_path, report_path)
+
+    return run_cases(inputs, batch, one, quiet=args.quiet)
+
+
+def restore_case(args, restorer, path: Path, image_path: Path, report_path: Path) -> None:
+    """One input volume -> the restored volume and its JSON report."""
+    from medseg.io import load_volume, save_volume
+
+    from .outputs import write_bytes_atomic
+
+    started = time.perf_counter()
     volume = load_volume(
-        args.input,
+        path,
         volume_index="all" if args.volume is None else args.volume,
         series_uid=args.series_uid,
         nan_policy=args.nan_policy,
     )
-    if restorer.takes_regions:
-        restorer.partitioner = choose_partitioner(args.regions, restorer.restoration, args.device)
     result = restorer.restore(volume)
-    save_volume(result.volume, image_path, overwrite=args.overwrite, protect=[Path(args.input)])
+    save_volume(result.volume, image_path, overwrite=args.overwrite, protect=[path])
     report = {
-        "input": str(args.input),
+        "input": str(path),
         "output": str(image_path),
         "checkpoint": str(args.checkpoint),
         "input_shape": list(volume.spatial_shape),
@@ -128,35 +161,37 @@ def run(args: argparse.Namespace) -> int:
             trusted=args.trust_checkpoint,
         )
     report["seconds"] = round(time.perf_counter() - started, 3)
-    text = json.dumps(report, indent=2) + "\n"
-    write_bytes_atomic(report_path, text.encode("utf-8"))
+    write_bytes_atomic(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     if not args.quiet:
         print(f"restored: {image_path}")
         print(f"report:   {report_path}")
         if "downstream" in report:
             d = report["downstream"]
             print(f"dice: input {d['dice_input']:.4f} -> restored {d['dice_restored']:.4f}")
-    return 0
 
 
-def _outputs(args: argparse.Namespace, name: str) -> tuple[Path, Path]:
-    """Output image and report paths, checked before any work (exists, input, writable)."""
+def _file_suffix(out: Path) -> str | None:
+    """The volume suffix when ``-o`` names a file, else None (a folder)."""
+    return next((s for s in _VOLUME_SUFFIXES if out.name.lower().endswith(s)), None)
+
+
+def _outputs(args: argparse.Namespace, source: Path, name: str) -> tuple[Path, Path]:
+    """Output image and report paths for one case, checked before any work (exists, input,
+    writable); with an empty ``name`` only the output folder is checked."""
     from .outputs import prepare_outputs
 
     out = Path(args.output)
-    suffix = next((s for s in _VOLUME_SUFFIXES if out.name.lower().endswith(s)), None)
+    suffix = _file_suffix(out)
     if suffix is None:
-        files = [f"{name}_restored.nii.gz", f"{name}_restore.json"]
-        image, report = prepare_outputs(
-            out, files, overwrite=args.overwrite, protect=[Path(args.input)]
-        )
-        return image, report
+        files = [f"{name}_restored.nii.gz", f"{name}_restore.json"] if name else []
+        paths = prepare_outputs(out, files, overwrite=args.overwrite, protect=[source])
+        return (paths[0], paths[1]) if name else (out, out)
     stem = out.name[: -len(suffix)]
     image, report = prepare_outputs(
         out.parent if str(out.parent) else Path("."),
         [out.name, f"{stem}_restore.json"],
         overwrite=args.overwrite,
-        protect=[Path(args.input)],
+        protect=[source],
     )
     return image, report
 
