@@ -144,6 +144,25 @@ def test_bad_restoration_checkpoint_fails_at_start(tmp_path, rat_ckpt, damage, c
     assert "bad.ckpt" in capsys.readouterr().err
 
 
+def test_pickled_objects_need_trust(tmp_path, rat_ckpt, capsys, monkeypatch):
+    """A checkpoint holding arbitrary pickled objects is refused (exit 4, naming the flag)
+    unless the user trusts it; trusted, it is sorted and loaded like any other."""
+    import argparse
+
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gradio"))
+    ckpt = torch.load(rat_ckpt, map_location="cpu", weights_only=False)
+    ckpt["extra"] = argparse.Namespace(note="pickled")
+    odd = tmp_path / "odd.ckpt"
+    torch.save(ckpt, odd)
+    with pytest.raises(ModelError) as err:
+        hub_from_checkpoints([odd], device="cpu")
+    assert err.value.code == "untrusted_checkpoint"
+    assert main(["view", "--checkpoint", str(odd), "--device", "cpu"]) == 4
+    assert "--trust-checkpoint" in capsys.readouterr().err
+    hub = hub_from_checkpoints([odd], device="cpu", trusted=True)
+    assert list(hub.restorers) == ["odd"] and hub.restorers["odd"].scale == 1
+
+
 # denoising: the image grid --------------------------------------------------------------------
 def test_denoising_before_after_and_export(hub, tmp_path):
     session = session_on(lps_volume())

@@ -51,11 +51,13 @@ class CheckpointRestorer:
         self.restorer = restorer
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], *, device: str = "auto") -> Any:
+    def from_checkpoint(
+        cls, path: str | os.PathLike[str], *, device: str = "auto", trusted: bool = False
+    ) -> Any:
         from medseg.inference.restoration import Restorer as Predictor
         from medseg.inference.restoration import choose_partitioner  # `--regions auto`
 
-        restorer = Predictor.from_checkpoint(path, device=device)
+        restorer = Predictor.from_checkpoint(path, device=device, trusted=trusted)
         if restorer.takes_regions:
             restorer.partitioner = choose_partitioner("auto", restorer.restoration, device)
         return cls(restorer)
@@ -129,11 +131,14 @@ def hub_from_checkpoints(
     device: str = "auto",
     precision: str = "auto",
     threads: int | None = None,
+    trusted: bool = False,
 ) -> ModelHub:
     """Sort ``--checkpoint`` files: a plain state dict is LiteMedSAM weights; a ``medseg fit``
     checkpoint is a restoration model when its hyper-parameters hold ``restoration``, else a
     segmentation model. Models are named after the file stem (``last``, ``last-2``, ... when
-    stems repeat) and loaded now, so a bad file fails at start-up (:class:`ModelError`, exit 4)."""
+    stems repeat) and loaded now, so a bad file fails at start-up (:class:`ModelError`, exit 4).
+    ``trusted``: also load ``medseg fit`` checkpoints holding arbitrary pickled objects
+    (``--trust-checkpoint``; trusted sources only)."""
     from medseg.inference.automatic import AutomaticSegmenter
     from medseg.inference.checkpoints import checkpoint_kind, is_restoration_checkpoint
 
@@ -144,12 +149,16 @@ def hub_from_checkpoints(
             raise ModelError("checkpoint_not_found", "checkpoint not found", path=str(path))
         if kind == "state_dict":
             hub.litemedsam_checkpoint = str(path)
-        elif kind == "lightning" and is_restoration_checkpoint(path):
+        elif kind == "lightning" and is_restoration_checkpoint(path, trusted=trusted):
             name = _free_name(Path(path).stem, hub)
-            hub.restorers[name] = CheckpointRestorer.from_checkpoint(path, device=device)
+            hub.restorers[name] = CheckpointRestorer.from_checkpoint(
+                path, device=device, trusted=trusted
+            )
         elif kind == "lightning":
             name = _free_name(Path(path).stem, hub)
-            hub.segmenters[name] = AutomaticSegmenter.from_checkpoint(path, device=device)
+            hub.segmenters[name] = AutomaticSegmenter.from_checkpoint(
+                path, device=device, trusted=trusted
+            )
         else:
             raise ModelError("bad_checkpoint", "not a torch checkpoint", path=str(path))
     return hub

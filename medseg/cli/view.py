@@ -24,6 +24,9 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--checkpoint", nargs="+", default=[], metavar="CKPT",
                    help="LiteMedSAM weights (.pth state dict) and/or `medseg fit` segmentation "
                    "or restoration checkpoints (.ckpt)")  # fmt: skip
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow checkpoints holding arbitrary pickled objects (trusted sources "
+                   "only)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860+)")
     p.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login")
@@ -70,7 +73,11 @@ def _serve(args: argparse.Namespace, auth: tuple[str, str] | None, temp) -> int:
     from apps.viewer.models import hub_from_checkpoints
 
     hub = hub_from_checkpoints(
-        args.checkpoint, device=args.device, precision=args.precision, threads=args.threads
+        args.checkpoint,
+        device=args.device,
+        precision=args.precision,
+        threads=args.threads,
+        trusted=args.trust_checkpoint,
     )
     demo = build_app(args.path, hub=hub, root=args.root,
                      model_concurrency=args.model_concurrency)  # fmt: skip

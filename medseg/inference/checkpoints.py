@@ -57,7 +57,7 @@ def load_segmentation_checkpoint(
     from medseg.engine.segmentation import SegmentationTask
 
     check_lightning_checkpoint(path)
-    _refuse_restoration(path)
+    _refuse_restoration(path, trusted)
     task = load_task(path, SegmentationTask, device=device, trusted=trusted)
     if not task.preprocessing:
         raise ModelError("no_preprocessing", "checkpoint holds no preprocessing", path=str(path))
@@ -85,13 +85,13 @@ def checkpoint_hparams(path: str | os.PathLike[str], *, trusted: bool = False) -
     return dict(ckpt.get("hyper_parameters") or {})
 
 
-def is_restoration_checkpoint(path: str | os.PathLike[str]) -> bool:
+def is_restoration_checkpoint(path: str | os.PathLike[str], *, trusted: bool = False) -> bool:
     """True for a ``medseg fit`` checkpoint of a restoration task (its hyper-parameters hold a
     ``restoration`` dict); False for anything else, unreadable files included."""
     if checkpoint_kind(path) != "lightning":
         return False
     try:
-        return bool(checkpoint_hparams(path).get("restoration"))
+        return bool(checkpoint_hparams(path, trusted=trusted).get("restoration"))
     except ModelError:  # unreadable or untrusted: the loader that follows says so
         return False
 
@@ -126,9 +126,9 @@ def _model_errors(path: str | os.PathLike[str]) -> Iterator[None]:
         ) from err
 
 
-def _refuse_restoration(path: str | os.PathLike[str]) -> None:
+def _refuse_restoration(path: str | os.PathLike[str], trusted: bool) -> None:
     """A restoration checkpoint given to a segmentation command: say which command to use."""
-    if is_restoration_checkpoint(path):
+    if is_restoration_checkpoint(path, trusted=trusted):
         raise ModelError(
             "restoration_checkpoint",
             "a restoration checkpoint, not a segmentation one: use `medseg restore`",
