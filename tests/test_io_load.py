@@ -45,8 +45,10 @@ def _save_nifti(path: Path, data: np.ndarray, affine=AFFINE, **header) -> Path:
 
 # --- the catalogue ----------------------------------------------------------------------------
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize(("case_id", "make", "code"), bad.CASES, ids=[c[0] for c in bad.CASES])
-def test_catalogue_case_raises_its_code(tmp_path, capfd, case_id, make, code):
+@pytest.mark.parametrize(
+    ("case_id", "make", "code", "needle"), bad.CASES, ids=[c[0] for c in bad.CASES]
+)
+def test_catalogue_case_raises_its_code(tmp_path, capfd, case_id, make, code, needle):
     path = make(tmp_path)
     capfd.readouterr()
     start = time.monotonic()
@@ -55,6 +57,7 @@ def test_catalogue_case_raises_its_code(tmp_path, capfd, case_id, make, code):
     assert time.monotonic() - start < 5
     err = info.value
     assert err.code == code, str(err)
+    assert needle in err.message, (needle, err.message)
     assert err.exit_code == 2
     assert err.path == str(path)
     text = str(err)
@@ -76,6 +79,14 @@ def test_catalogue_covers_the_reliability_rows():
         "dicom_two_series",
         "dicom_missing_slice",
         "rgb24",
+        "mgz",
+        "analyze_pair",
+        "analyze_img_missing",
+        "mhd_dimsize_lies",
+        "one_voxel",
+        "dicom_rtstruct_only",
+        "dicom_no_meta",
+        "dicom_text_named_dcm",
     ):
         assert needed in ids
 
@@ -263,6 +274,48 @@ def test_2d_nifti_is_a_single_slice(tmp_path):
     np.testing.assert_array_equal(vol.array[..., 0], data)
 
 
+_FMAX = np.finfo(np.float32).max
+
+
+@pytest.mark.parametrize(
+    ("case", "patch", "data", "warning"),
+    [
+        ("sizeof_hdr_999", {"sizeof_hdr": 999}, None, "sizeof_hdr should be 348"),
+        ("bitpix_mismatch", {"bitpix": 8}, None, None),  # nibabel ignores bitpix; so do we
+        ("float32_max", {}, np.where(bad.small_array() > 50, _FMAX, -_FMAX), None),
+        ("z_1_volume", {}, bad.small_array((8, 7, 1)), None),
+    ],
+)
+@pytest.mark.parametrize("gz", [True, False], ids=["nii_gz", "nii"])
+def test_odd_but_valid_headers_load(tmp_path, case, patch, data, warning, gz):
+    """RELIABILITY B.1 rows that every library loads: so do we, with the same voxels."""
+    data = bad.small_array() if data is None else data.astype(np.float32)
+    path = bad.nifti_file(tmp_path, case + (".nii.gz" if gz else ".nii"), gz=gz, data=data,
+                          patch=patch)  # fmt: skip
+    vol = load_volume(path)
+    np.testing.assert_array_equal(vol.array, data)
+    np.testing.assert_allclose(vol.affine, AFFINE)
+    if warning is None:
+        assert vol.meta["warnings"] == []
+    else:
+        assert any(warning in w for w in vol.meta["warnings"]), vol.meta["warnings"]
+
+
+def test_jpeg2000_dicom_loads_like_the_uncompressed_file(tmp_path):
+    """pydicom's lossless JPEG 2000 copy of MR_small decodes (GDCM) to the same voxels/grid."""
+    folders = {}
+    for name in ("MR_small.dcm", "MR_small_jp2klossless.dcm"):
+        folders[name] = tmp_path / name.removesuffix(".dcm")
+        folders[name].mkdir()
+        (folders[name] / name).write_bytes(bad.pydicom_file(name).read_bytes())
+    plain = load_volume(folders["MR_small.dcm"])
+    j2k = load_volume(folders["MR_small_jp2klossless.dcm"])
+    assert j2k.array.shape == (64, 64, 1)
+    np.testing.assert_array_equal(j2k.array, plain.array)
+    np.testing.assert_allclose(j2k.affine, plain.affine)
+    assert float(j2k.array.max()) > float(j2k.array.min())
+
+
 def test_nifti2_loads(tmp_path):
     data = bad.small_array()
     p = tmp_path / "two.nii.gz"
@@ -369,7 +422,7 @@ def test_dicom_series_choice(tmp_path):
     with pytest.raises(InputError) as info:
         load_volume(folder)
     uids = info.value.message
-    assert "--series" in uids and "1.3.6.1.4.1.5962.1.1.0.0.0.1194734704.16302.0.6" in uids
+    assert "--series-uid" in uids and "1.3.6.1.4.1.5962.1.1.0.0.0.1194734704.16302.0.6" in uids
     vol = load_volume(folder, series_uid="1.3.6.1.4.1.5962.1.1.0.0.0.1194734704.16302.0.6")
     assert vol.array.shape == (16, 16, 5) and vol.meta["modality"] == "CT"
     with pytest.raises(InputError) as info:

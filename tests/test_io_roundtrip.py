@@ -115,15 +115,43 @@ def test_symlinked_input_reads_like_the_file(tmp_path):
     np.testing.assert_allclose(load_volume(out).affine, vol.affine, atol=1e-5)
 
 
-def test_nifti2_and_4d_t1_inputs(tmp_path):
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_nifti2_and_4d_t1_inputs(tmp_path, ext):
     aff = GEOMETRIES["oblique30"]
     data = bad.small_array((9, 8, 7, 1))
-    nib.save(nib.Nifti2Image(data, aff), tmp_path / "in2.nii.gz")
-    vol = load_volume(tmp_path / "in2.nii.gz")
-    assert vol.array.shape == (9, 8, 7)
-    back = load_volume(save_volume(vol, tmp_path / "out.nii.gz"))
+    nib.save(nib.Nifti2Image(data, aff), tmp_path / f"in2{ext}")
+    vol = load_volume(tmp_path / f"in2{ext}")
+    assert vol.array.shape == (9, 8, 7) and vol.meta["nifti_version"] == 2
+    np.testing.assert_allclose(vol.affine, aff, atol=1e-5)
+    back = load_volume(save_volume(vol, tmp_path / f"out{ext}"))
     np.testing.assert_allclose(back.affine, aff, atol=1e-5)
     np.testing.assert_array_equal(back.array, data[..., 0])
+
+
+@pytest.mark.parametrize("ext", [".nrrd", ".mha", ".mhd"])
+def test_itk_4d_t1_inputs(tmp_path, ext):
+    """A 4-D (x, y, z, t=1) NRRD/MetaImage is squeezed on its 3-D grid and written back on it."""
+    import SimpleITK as sitk
+
+    aff = GEOMETRIES["oblique30"]
+    data = bad.small_array((9, 8, 7))
+    image = sitk.JoinSeries([sitk.GetImageFromArray(np.ascontiguousarray(data.T))])
+    spacing = np.linalg.norm(aff[:3, :3], axis=0)
+    direction = np.eye(4)
+    direction[:3, :3] = F @ aff[:3, :3] / spacing  # RAS -> ITK's LPS
+    image.SetSpacing((*spacing.tolist(), 1.0))
+    image.SetOrigin((*(F @ aff[:3, 3]).tolist(), 0.0))
+    image.SetDirection(tuple(direction.ravel().tolist()))
+    sitk.WriteImage(image, str(tmp_path / f"t1{ext}"))
+    assert sitk.ReadImage(str(tmp_path / f"t1{ext}")).GetSize() == (9, 8, 7, 1)
+
+    vol = load_volume(tmp_path / f"t1{ext}")
+    assert vol.array.shape == (9, 8, 7)
+    np.testing.assert_array_equal(vol.array, data)
+    np.testing.assert_allclose(vol.affine, aff, atol=1e-5)
+    back = load_volume(save_volume(vol, tmp_path / f"out{ext}"))
+    np.testing.assert_allclose(back.affine, aff, atol=1e-5)
+    np.testing.assert_array_equal(back.array, data)
 
 
 def test_qform_and_sform_both_survive(tmp_path):
@@ -253,3 +281,26 @@ def test_oblique_dicom_series_round_trip(tmp_path, reverse):
     back = load_volume(save_volume(vol, tmp_path / "mr.nii.gz"))
     np.testing.assert_allclose(back.affine, vol.affine, atol=1e-5)
     assert vol.meta["modality"] == "MR" and vol.meta["slice_spacing_mm"] == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(
+    ("folder", "geometry"),
+    [
+        ("aniso", "aniso100"),  # 0.05 mm pixels, 5 mm slices
+        ("SERIES_UPPER", "oblique30"),
+        ("ünïcødé 名前 dir/série 1", "oblique30"),
+    ],
+    ids=["aniso100", "uppercase_folder", "non_ascii_folder"],
+)
+def test_dicom_series_geometry_round_trip(tmp_path, folder, geometry):
+    """A series written on a known grid reads back on it, and a NIfTI of it keeps that grid."""
+    aff = GEOMETRIES[geometry]
+    data = bad.small_array((10, 12, 6), np.int16)
+    series = bad.write_dicom_series(tmp_path / folder, data, aff)
+    vol = load_volume(series)
+    np.testing.assert_array_equal(vol.array, data)
+    np.testing.assert_allclose(vol.affine, aff, atol=1e-5)
+    assert vol.meta["slice_spacing_mm"] == pytest.approx(np.linalg.norm(aff[:3, 2]))
+    back = load_volume(save_volume(vol, series.parent / f"{series.name}.nii.gz"))
+    np.testing.assert_allclose(back.affine, aff, atol=1e-5)
+    np.testing.assert_array_equal(back.array, data)

@@ -129,6 +129,17 @@ def test_bad_label_arrays_are_refused_and_nothing_written(tmp_path, values, word
     assert not list(tmp_path.iterdir())
 
 
+def test_nibabel_refuses_int64_without_dtype():
+    """C.2 row 24 pin: the nibabel behaviour save_volume works around (explicit header dtype).
+
+    If this starts passing, nibabel changed; the cast in ``save._prepare`` stays right anyway.
+    """
+    labels = np.zeros((6, 5, 4), np.int64)
+    with pytest.raises(ValueError, match="int64.*explicit header or dtype"):
+        nib.Nifti1Image(labels, AFFINE)
+    assert nib.Nifti1Image(labels, AFFINE, dtype=np.uint8).get_data_dtype() == np.uint8
+
+
 def test_int64_arrays_save_with_explicit_dtypes(tmp_path):
     labels = np.zeros((6, 5, 4), np.int64)
     labels[1, 2, 3] = 3
@@ -140,6 +151,71 @@ def test_int64_arrays_save_with_explicit_dtypes(tmp_path):
     assert nib.load(out16).get_data_dtype() == np.uint16
     img = save_volume(_vol().with_array(labels * 1000), tmp_path / "img.nii.gz")
     assert nib.load(img).get_data_dtype() == np.int32
+    np.testing.assert_array_equal(load_volume(out16, role="label").array, big)
+    np.testing.assert_array_equal(np.asarray(nib.load(img).dataobj), labels * 1000)
+
+
+# --- several files all-or-nothing (StagedWrites) ----------------------------------------------
+def _previous_outputs(folder: Path) -> dict[str, bytes]:
+    save_volume(_vol(1), folder / "seg.nii.gz", role="label")
+    (folder / "stats.json").write_bytes(b'{"old": true}\n')
+    (folder / "preview.png").write_bytes(b"old picture")
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_staged_writes_commit_all_together(tmp_path):
+    from medseg.io import StagedWrites, stage_volume
+
+    _previous_outputs(tmp_path)
+    with StagedWrites() as staged:
+        stage_volume(staged, _vol(2), tmp_path / "seg.nii.gz", overwrite=True, role="label")
+        staged.stage_bytes(tmp_path / "stats.json", b"new stats")
+        staged.stage_bytes(tmp_path / "preview.png", b"new picture")
+        assert (tmp_path / "stats.json").read_bytes() == b'{"old": true}\n'  # not yet
+        assert len(_temps(tmp_path)) == 3
+    assert (tmp_path / "stats.json").read_bytes() == b"new stats"
+    assert (tmp_path / "preview.png").read_bytes() == b"new picture"
+    np.testing.assert_array_equal(load_volume(tmp_path / "seg.nii.gz", role="label").array,
+                                  _vol(2).array)  # fmt: skip
+    assert not _temps(tmp_path)
+
+
+@pytest.mark.parametrize("failure", ["oserror", "interrupt"])
+def test_staged_writes_failure_keeps_every_previous_output(tmp_path, failure):
+    """A failure after two files are staged (disk full, Ctrl-C) changes none of the three."""
+    from medseg.io import StagedWrites, stage_volume
+
+    before = _previous_outputs(tmp_path)
+
+    def fail(tmp: str) -> None:
+        Path(tmp).write_bytes(b"partial")
+        if failure == "oserror":
+            raise OSError(28, "No space left on device")
+        raise KeyboardInterrupt
+
+    expected = OutputError if failure == "oserror" else KeyboardInterrupt
+    with pytest.raises(expected) as info, StagedWrites() as staged:
+        stage_volume(staged, _vol(2), tmp_path / "seg.nii.gz", overwrite=True, role="label")
+        staged.stage_bytes(tmp_path / "stats.json", b"new stats")
+        staged.stage(tmp_path / "preview.png", fail)
+    if failure == "oserror":
+        assert info.value.code == "disk_full" and info.value.path == str(tmp_path / "preview.png")
+        assert "could not write output: No space left on device" in str(info.value)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert not _temps(tmp_path)
+
+
+def test_staged_mhd_failure_removes_the_staging_folder(tmp_path):
+    from medseg.io import StagedWrites, stage_volume
+
+    def too_large(tmp: str) -> None:
+        raise OSError(27, "File too large")
+
+    with pytest.raises(OutputError, match="File too large"), StagedWrites() as staged:
+        stage_volume(staged, _vol(2), tmp_path / "img.mhd")
+        assert len(_temps(tmp_path)) == 1 and _temps(tmp_path)[0].is_dir()  # header + .zraw
+        staged.stage(tmp_path / "x.json", too_large)
+    assert not list(tmp_path.iterdir())
 
 
 def test_output_mode_follows_umask_not_mkstemp(tmp_path):
@@ -215,7 +291,7 @@ def test_sigkill_during_write_keeps_the_previous_output(tmp_path):
     out = save_volume(_vol(1), tmp_path / "seg.nii.gz", role="label")
     before = _sha(out)
     outcomes = []
-    for delay in (0.05, 0.12, 0.2, 0.3):
+    for delay in (0.0, 0.05, 0.15, 0.3):  # after the temp file appears (the write is under way)
         child = subprocess.Popen(
             [sys.executable, "-c", _KILLED, str(out)],
             cwd=ROOT,
@@ -225,6 +301,11 @@ def test_sigkill_during_write_keeps_the_previous_output(tmp_path):
             errors="replace",
         )
         assert child.stdout.readline().strip() == "WRITING"
+        known = set(_temps(tmp_path))
+        deadline = time.monotonic() + 30
+        while not set(_temps(tmp_path)) - known and child.poll() is None:
+            assert time.monotonic() < deadline, "no temp file appeared"
+            time.sleep(0.005)
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=30)

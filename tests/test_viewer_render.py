@@ -246,6 +246,56 @@ def test_export_is_on_the_original_grid(tmp_path, kind):
     assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 2
 
 
+def test_viewer_and_cli_agree_when_qform_differs_from_sform(tmp_path):
+    """C.2 row 17: on an input whose qform (what SimpleITK uses) and sform (nibabel, MONAI, us)
+    disagree, ``medseg segment``'s label map opens in the viewer as an overlay on the very same
+    voxels, and the viewer's export of it is the CLI's file voxel for voxel, grid and both forms.
+    (Runs the CLI on one prompted slice with the shipped LiteMedSAM: a few seconds.)"""
+    import nibabel as nib
+
+    from medseg.cli.main import main
+    from medseg.transforms.planes import PlaneView
+
+    sform = make_affine("oblique", spacing=(0.7, 0.9, 3.0))
+    qform = make_affine("LPS", spacing=(0.7, 0.9, 3.0))  # a different grid altogether
+    array = np.random.default_rng(2).normal(100.0, 10.0, size=SHAPE).astype(np.float32)
+    array[6:14, 8:17, 5:11] += 400.0  # a bright box to segment
+    img = nib.Nifti1Image(array, None)
+    img.header.set_qform(qform, code=1)
+    img.header.set_sform(sform, code=2)
+    src = tmp_path / "forms.nii.gz"
+    img.to_filename(src)
+
+    view = PlaneView.from_affine(sform, SHAPE, "axial")
+    rows, cols = np.nonzero(view.stack(array > 300)[8])
+    box = f"{cols.min() - 2},{rows.min() - 2},{cols.max() + 2},{rows.max() + 2}"
+    out = tmp_path / "cli"
+    rc = main(["segment", str(src), "-o", str(out), "-q", "--no-propagate", "--axis", "axial",
+               "--slice", "8", "--box", box])  # fmt: skip
+    assert rc == 0
+    cli_path = out / "forms_seg.nii.gz"
+    cli = nib.load(str(cli_path))
+    cli_labels = np.asarray(cli.dataobj)
+    assert cli_labels.any()
+    np.testing.assert_allclose(cli.affine, sform, atol=1e-5)  # the sform, not the qform
+
+    session = cb.open_file(str(src), str(tmp_path))
+    np.testing.assert_allclose(session.image.affine, sform, atol=1e-5)
+    assert session.views["axial"] == PlaneView.from_affine(cli.affine, cli.shape, "axial")
+    cb.open_label_file(session, str(cli_path))  # refused if not on the image grid
+    assert np.array_equal(session.labels, cli_labels)
+
+    paths = cb.export(session, str(tmp_path))
+    exported = nib.load(paths[0])
+    assert np.array_equal(np.asarray(exported.dataobj), cli_labels)
+    np.testing.assert_allclose(exported.affine, cli.affine, atol=1e-5)
+    for form in ("get_qform", "get_sform"):
+        ours, ours_code = getattr(exported.header, form)(coded=True)
+        theirs, theirs_code = getattr(cli.header, form)(coded=True)
+        assert int(ours_code) == int(theirs_code)
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+
+
 def test_picture_file_is_the_rendered_picture(tmp_path):
     from PIL import Image
 

@@ -6,9 +6,7 @@ result costs the user seconds, not minutes, and nothing is written.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 from medseg.errors import InputError, OutputError
@@ -63,28 +61,12 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder, fsync and rename.
 
     On any failure (disk full, signal) the temp file is removed and the previous ``path`` is
-    left untouched; ``OSError`` becomes :class:`OutputError`.
+    left untouched; ``OSError`` becomes :class:`OutputError` (see :mod:`medseg.io.atomic`).
     """
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        _unlink(tmp)
-        raise OutputError(
-            "write", f"could not write output: {exc.strerror}", path=str(path)
-        ) from exc
-    except BaseException:
-        _unlink(tmp)
-        raise
+    from medseg.io import StagedWrites
 
-
-def _unlink(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    with StagedWrites() as staged:
+        staged.stage_bytes(Path(path), data)
 
 
 def _resolved(path: Path) -> Path:

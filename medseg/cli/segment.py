@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -150,6 +151,7 @@ def segment_file(args: argparse.Namespace, *, name: str | None = None):
         series_uid=args.series_uid,
         nan_policy=args.nan_policy,
     )
+    print_warnings(volume)
     prompt = build_prompt(args, volume)
     prompt = check_prompt(prompt, volume)
     name = name or case_name(args.input)
@@ -243,17 +245,17 @@ def run_prompted(args, volume, prompt, predictor) -> np.ndarray:
 def write_outputs(
     args, volume, labels, prompt, out_paths, *, extra=None, names=None, model=None, source=None
 ) -> dict:
-    """Render the preview and statistics in memory, then write the three files atomically.
+    """Render the preview and statistics in memory, then write the three files all-or-nothing.
 
-    The label map goes first; if it cannot be written nothing else is. ``prompt`` is None in
-    automatic mode (``names``: label value -> name, ``model``: what segmented, ``source``: the
-    input path when ``args.input`` is a folder).
+    All three are staged as fsynced temp files in the output folder, then renamed into place
+    (:class:`medseg.io.StagedWrites`): if any cannot be written, no output changes and no temp
+    file remains. ``prompt`` is None in automatic mode (``names``: label value -> name,
+    ``model``: what segmented, ``source``: the input path when ``args.input`` is a folder).
     """
     from medseg import __version__
     from medseg.inference.stats import label_statistics
-    from medseg.io import save_volume
+    from medseg.io import StagedWrites, stage_volume
 
-    from .outputs import write_bytes_atomic
     from .preview import render_preview
 
     seg_path, stats_path, png_path = out_paths[:3]
@@ -280,16 +282,26 @@ def write_outputs(
     }
     axis = prompt.axis if prompt is not None else args.axis
     png = render_preview(volume, labels, axis, window=args.window)
-    save_volume(
-        volume.with_array(labels),
-        seg_path,
-        overwrite=args.overwrite,
-        role="label",
-        protect=[source],
-    )
-    write_bytes_atomic(stats_path, (json.dumps(report, indent=2) + "\n").encode())
-    write_bytes_atomic(png_path, png)
+    with StagedWrites() as staged:
+        stage_volume(
+            staged,
+            volume.with_array(labels),
+            seg_path,
+            overwrite=args.overwrite,
+            role="label",
+            protect=[source],
+        )
+        staged.stage_bytes(stats_path, (json.dumps(report, indent=2) + "\n").encode())
+        staged.stage_bytes(png_path, png)
     return report
+
+
+def print_warnings(volume) -> None:
+    """One ``warning: <file>: <text>`` line on stderr per loader warning (also with --quiet;
+    they are kept in the statistics JSON too)."""
+    where = volume.meta.get("path", "input")
+    for text in volume.meta.get("warnings", []):
+        print(f"warning: {where}: {text}", file=sys.stderr)
 
 
 def print_summary(out_paths, report: dict) -> None:

@@ -6,22 +6,27 @@
 - :func:`check_same_grid` refuses a label (or second image) that is not on the image's grid.
 - :func:`save_volume` writes atomically on the volume's grid (both NIfTI forms kept) and never
   over an input; :func:`cleanup_orphan_temps` removes what a killed writer left.
+- :class:`StagedWrites` writes several files all-or-nothing (:func:`stage_volume` puts a volume
+  into it, ``stage_bytes`` any other file).
 
 Importing this package is light: SimpleITK is imported only when a non-NIfTI file is touched.
 """
 
 from medseg.errors import InputError, OutputError
+from medseg.io.atomic import StagedWrites
 from medseg.io.checks import check_same_grid
 from medseg.io.load import load_volume
-from medseg.io.save import cleanup_orphan_temps, save_volume
+from medseg.io.save import cleanup_orphan_temps, save_volume, stage_volume
 from medseg.io.volume import Volume
 
 __all__ = [
     "InputError",
     "OutputError",
+    "StagedWrites",
     "Volume",
     "check_same_grid",
     "cleanup_orphan_temps",
     "load_volume",
     "save_volume",
+    "stage_volume",
 ]

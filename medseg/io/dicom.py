@@ -104,7 +104,7 @@ def _choose_series(ids: list[str], series_uid: str | None, where: str) -> str:
             raise InputError(
                 "dicom_multiple_series",
                 f"folder holds {len(ids)} DICOM series ({shown}); choose one with "
-                "--series UID (series_uid=...)",
+                "--series-uid UID (series_uid=...)",
                 path=where,
             )
         return ids[0]

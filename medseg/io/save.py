@@ -1,10 +1,13 @@
 """``save_volume``: write a Volume atomically, on its own grid, never over an input.
 
-Atomic write (RELIABILITY.md B.4): a temp file ``.tmp_<random><ext>`` in the **target folder**,
-written, flushed and fsynced, then ``os.replace``-d onto the target and the folder fsynced. On any
-failure the temp file is removed and :class:`~medseg.errors.OutputError` (exit 3) says
-``could not write output: <strerror>``; the previous output is untouched. A SIGKILL can only leave
-an orphan ``.tmp_*`` file, which :func:`cleanup_orphan_temps` removes later.
+Atomic write (RELIABILITY.md B.4, :mod:`medseg.io.atomic`): a temp file ``.tmp_<random><ext>`` in
+the **target folder**, written, flushed and fsynced, then ``os.replace``-d onto the target and the
+folder fsynced. On any failure the temp file is removed and :class:`~medseg.errors.OutputError`
+(exit 3) says ``could not write output: <strerror>``; the previous output is untouched. A SIGKILL
+can only leave an orphan ``.tmp_*`` file, which :func:`cleanup_orphan_temps` removes later.
+:func:`stage_volume` does the same checks and write into a
+:class:`~medseg.io.atomic.StagedWrites`, so a volume and other files can be written
+all-or-nothing.
 
 - NIfTI (``.nii``, ``.nii.gz``) through nibabel with an explicit header dtype. Both forms and codes
   of the source are copied when the Volume carries them and they agree with its affine; otherwise
@@ -21,23 +24,20 @@ an orphan ``.tmp_*`` file, which :func:`cleanup_orphan_temps` removes later.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
 import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from medseg.errors import InputError, OutputError
+from medseg.io.atomic import TEMP_PREFIX, StagedWrites, default_mode, fsync_path, output_error
 from medseg.io.checks import check_affine, to_label_array
 from medseg.io.sniff import extension_kind
 from medseg.io.volume import Volume
 
-TEMP_PREFIX = ".tmp_"
 _CANONICAL_EXT = {"nifti-gz": ".nii.gz", "nifti": ".nii", "nrrd": ".nrrd"}
 _FORM_ATOL = 1e-5
 
@@ -59,6 +59,22 @@ def save_volume(
             ``bad_labels``, ``invalid_geometry``, ``unsupported_dtype``.
         OutputError: ``no_folder``, ``permission``, ``disk_full``, ``write_failed``.
     """
+    with StagedWrites() as staged:
+        written = stage_volume(staged, vol, path, overwrite=overwrite, role=role, protect=protect)
+    return written
+
+
+def stage_volume(
+    staged: StagedWrites,
+    vol: Volume,
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    role: str = "image",
+    protect: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """:func:`save_volume`'s checks and write into ``staged``: ``path`` gets its new content
+    when ``staged`` commits. Returns the path; raises what :func:`save_volume` raises."""
     if role not in ("image", "label"):
         raise ValueError(f"role must be 'image' or 'label', got {role!r}")
     p = Path(path)
@@ -78,12 +94,12 @@ def save_volume(
 
     if kind.startswith("nifti"):
         img = _nifti_image(vol, array)
-        _atomic_write(p, _CANONICAL_EXT[kind], lambda tmp: img.to_filename(tmp))
+        staged.stage(p, lambda tmp: img.to_filename(tmp), suffix=_CANONICAL_EXT[kind])
     elif ext.lower() == ".mhd":
-        _write_mhd(p, vol.affine, array)
+        _stage_mhd(staged, p, vol.affine, array)
     else:
         suffix = _CANONICAL_EXT.get(kind, ".mha")
-        _atomic_write(p, suffix, lambda tmp: _write_itk(tmp, kind, vol.affine, array))
+        staged.stage(p, lambda tmp: _write_itk(tmp, kind, vol.affine, array), suffix=suffix)
     return p
 
 
@@ -250,93 +266,28 @@ def _write_itk(tmp: str, kind: str, affine: np.ndarray, array: np.ndarray) -> No
         raise OutputError("write_failed", "could not write output: the file read back differs")
 
 
-def _write_mhd(target: Path, affine: np.ndarray, array: np.ndarray) -> None:
-    """Header + data file via a temp sub-folder; data moved first, then the header.
+def _stage_mhd(staged: StagedWrites, target: Path, affine: np.ndarray, array: np.ndarray) -> None:
+    """Header + data file written in a staging folder; at commit the data file moves first,
+    then the header.
 
     ITK always names the header ``<stem>.mhd`` (lower case) and the data ``<stem>.zraw``; the
     header is renamed to the requested name (``SCAN.MHD`` stays ``SCAN.MHD``).
     """
     folder = target.parent
     stem = target.name[: -len(".mhd")]
-    try:
-        tmpdir = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=folder))
-    except OSError as e:
-        raise _output_error(e, target) from e
+    tmpdir = staged.staging_folder(target)
     try:
         header = tmpdir / f"{stem}.mhd"
         _write_itk(str(header), "metaimage", affine, array)
         data = [f for f in tmpdir.iterdir() if f != header]
         for f in [*data, header]:
-            _fsync(f)
-            os.chmod(f, _default_mode())
-        for f in data:
-            os.replace(f, folder / f.name)
-        os.replace(header, target)
-        _fsync(folder)
+            fsync_path(f)
+            os.chmod(f, default_mode())
     except OSError as e:
-        raise _output_error(e, target) from e
+        raise output_error(e, target) from e
     except OutputError as e:
         e.path = e.path or str(target)
         raise
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def _atomic_write(target: Path, suffix: str, write: Callable[[str], None]) -> None:
-    """Write through ``.tmp_<random><suffix>`` in the target folder + fsync + os.replace."""
-    folder = target.parent
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=suffix, dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise _output_error(e, target) from e
-    try:
-        write(tmp)
-        _fsync(Path(tmp))
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, target)
-    except BaseException as e:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _output_error(e, target) from e
-        if isinstance(e, OutputError) and e.path is None:
-            e.path = str(target)
-        raise
-    _fsync(folder)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if not path.is_dir() or e.errno not in (errno.EINVAL, errno.EBADF):
-            raise  # some file systems cannot fsync a folder; a file must fsync
-    finally:
-        os.close(fd)
-
-
-def _output_error(e: OSError, target: Path) -> OutputError:
-    code = {
-        errno.ENOSPC: "disk_full",
-        errno.EFBIG: "disk_full",
-        errno.EDQUOT: "disk_full",
-        errno.EACCES: "permission",
-        errno.EPERM: "permission",
-        errno.EROFS: "permission",
-        errno.ENOENT: "no_folder",
-        errno.ENOTDIR: "no_folder",
-    }.get(e.errno or 0, "write_failed")
-    reason = e.strerror or type(e).__name__
-    return OutputError(code, f"could not write output: {reason}", path=str(target))
-
-
-def _default_mode() -> int:
-    """0o666 minus the process umask (mkstemp creates 0o600 files)."""
-    # not Linux (no /proc): fall back to the usual umask 022
-    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    return 0o644
+    for f in data:
+        staged.add(f, folder / f.name)
+    staged.add(header, target)
