@@ -21,7 +21,8 @@ was trained with.
 ``--seg-checkpoint CKPT --reference LABELS`` also segments the input and the restored volume
 with a ``medseg fit`` segmentation checkpoint and reports the change in Dice against LABELS
 (``downstream`` in the JSON). Exit codes as ``medseg segment``: 2 input/arguments, 3 output,
-4 checkpoint. Outputs are written atomically and never over the input.
+4 checkpoint. The two outputs are written all-or-nothing (temp files, then renamed) and never
+over the input.
 """
 
 from __future__ import annotations
@@ -125,10 +126,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def restore_case(args, restorer, path: Path, image_path: Path, report_path: Path) -> None:
-    """One input volume -> the restored volume and its JSON report."""
-    from medseg.io import load_volume, save_volume
-
-    from .outputs import write_bytes_atomic
+    """One input volume -> the restored volume and its JSON report (written all-or-nothing)."""
+    from medseg.io import StagedWrites, load_volume, stage_volume
 
     started = time.perf_counter()
     volume = load_volume(
@@ -138,7 +137,6 @@ def restore_case(args, restorer, path: Path, image_path: Path, report_path: Path
         nan_policy=args.nan_policy,
     )
     result = restorer.restore(volume)
-    save_volume(result.volume, image_path, overwrite=args.overwrite, protect=[path])
     report = {
         "input": str(path),
         "output": str(image_path),
@@ -161,7 +159,9 @@ def restore_case(args, restorer, path: Path, image_path: Path, report_path: Path
             trusted=args.trust_checkpoint,
         )
     report["seconds"] = round(time.perf_counter() - started, 3)
-    write_bytes_atomic(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    with StagedWrites() as staged:
+        stage_volume(staged, result.volume, image_path, overwrite=args.overwrite, protect=[path])
+        staged.stage_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     if not args.quiet:
         print(f"restored: {image_path}")
         print(f"report:   {report_path}")
