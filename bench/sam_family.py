@@ -4,7 +4,8 @@ Baseline: Meta's SAM ViT-B (``segment_anything.sam_model_registry["vit_b"]``, ra
 one 1024 x 1024 slice, image encoder + one box through the prompt encoder and mask decoder.
 Rows (random weights; the numbers do not depend on them):
 
-- ``db_sam_vit_b`` / ``db_sam_plus``: one slice, encoder with the adapter + one box;
+- ``db_sam_vit_b`` / ``db_sam_plus``: one slice, encoder with the adapter + one box
+  (``db_sam_vit_b``: SE channel attention per stage; ``_block``: after every ViT block);
 - ``sam2_sgp_hiera_s`` / ``_t``: one slice, 2-D path (encoder, support memory attention with
   k = 1 support encoded beforehand, pseudo-mask decoder, box, PMA decoder);
 - ``..._3d``: the same inside a slice propagation with a full bank of 16 memories (plus the
@@ -37,6 +38,7 @@ BASELINE = "sam_vit_b"
 ROWS = {
     "sam_vit_b": ("baseline", {}),
     "db_sam_vit_b": ("db_sam", {}),
+    "db_sam_vit_b_block": ("db_sam", {"channel_attention": "block"}),
     "db_sam_plus": ("db_sam", {}),
     "sam2_sgp_hiera_s": ("sgp", {}),
     "sam2_sgp_hiera_t": ("sgp", {}),
@@ -96,10 +98,10 @@ def _rss_mb() -> float:
 
 
 def _run_row(name: str, repeats: int, count_only: bool) -> dict:
-    kind = ROWS[name][0]
+    kind, options = ROWS[name]
     torch.manual_seed(0)
     before = _rss_mb()
-    net = _net(name, kind)
+    net = _net(name, kind, options)
     counts = {
         "trainable": sum(p.numel() for p in net.parameters() if p.requires_grad),
         "frozen": sum(p.numel() for p in net.parameters() if not p.requires_grad),
@@ -119,7 +121,7 @@ def _run_row(name: str, repeats: int, count_only: bool) -> dict:
     return {**counts, "seconds": statistics.median(times), "peak_mb": peak}
 
 
-def _net(name: str, kind: str) -> torch.nn.Module:
+def _net(name: str, kind: str, options: dict) -> torch.nn.Module:
     if kind == "baseline":
         from segment_anything import sam_model_registry
 
@@ -129,11 +131,15 @@ def _net(name: str, kind: str) -> torch.nn.Module:
     if kind == "db_sam":
         from medseg.models import db_sam
 
-        return (db_sam.tiny() if name.endswith("tiny") else getattr(db_sam, name)()).eval()
+        if name.endswith("tiny"):
+            return db_sam.tiny(**options).eval()
+        return getattr(db_sam, name.removesuffix("_block"))(**options).eval()
     from medseg.models import sam2_sgp
 
     preset = name.removesuffix("_3d")
-    return (sam2_sgp.tiny() if name.endswith("tiny") else getattr(sam2_sgp, preset)()).eval()
+    if name.endswith("tiny"):
+        return sam2_sgp.tiny(**options).eval()
+    return getattr(sam2_sgp, preset)(**options).eval()
 
 
 def _step(net: torch.nn.Module, kind: str):

@@ -41,7 +41,7 @@ def test_tiny_shapes_and_frozen_parameters_get_no_gradient(adapter):
 
 def test_one_optimiser_step_changes_only_trainable_parts():
     torch.manual_seed(0)
-    net = tiny(channel_attention="stage")
+    net = tiny(channel_attention="block")
     before = {k: v.clone() for k, v in net.state_dict().items()}
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-3)
     logits, _ = net(_images(), BOXES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -96,17 +97,46 @@ TINY_DB_SAM = {
 }
 
 
+def _old_style_copy(ckpt: Path, key: str, path: Path) -> Path:
+    """The checkpoint as saved before the weights path was dropped from the hyper-parameters."""
+    state = torch.load(ckpt, weights_only=True)
+    state["hyper_parameters"]["net"]["init_args"][key] = str(path)
+    out = ckpt.with_name("old_style.ckpt")
+    torch.save(state, out)
+    return out
+
+
+def _masked_slices(path: Path) -> set[int]:
+    """Axial slices (last axis of the synthetic RAS volumes) holding a non-empty mask."""
+    import nibabel as nib
+
+    seg = np.asarray(nib.load(path).dataobj)
+    return {int(z) for z in np.flatnonzero(seg.reshape(-1, seg.shape[-1]).any(0))}
+
+
 def test_fit_db_sam_through_the_cli(tmp_path):
+    from medseg.models.db_sam import DBSAM
+
     prep = make_prepared(tmp_path, n_cases=3, spatial_dims=2, patch_size=(24, 20))
-    cfg = _promptable_config(tmp_path, prep, "medseg.models.db_sam.DBSAM", **TINY_DB_SAM)
+    weights = tmp_path / "sam_tiny.pth"  # a "SAM checkpoint" for the tiny sizes
+    sam = DBSAM(**TINY_DB_SAM, out_channels=3).state_dict()
+    torch.save({k: v for k, v in sam.items() if not k.startswith("adapter.")}, weights)
+    cfg = _promptable_config(
+        tmp_path, prep, "medseg.models.db_sam.DBSAM", **TINY_DB_SAM, sam_checkpoint=str(weights)
+    )
     assert main(["fit", "--config", str(cfg)]) == 0
     run = tmp_path / "run"
     assert (run / "checkpoints" / "last.ckpt").is_file()
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/dice", "val/dice_shell", "val/dice_core", "train/loss_epoch"} <= set(header)
     ckpt = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["hyper_parameters"]["net"]["init_args"]["sam_checkpoint"] is None
+    assert saved["pretrained_weights"] == {"sam_checkpoint": str(weights)}
+    weights.unlink()  # the fine-tuned checkpoint must not need the original SAM file
     task = PromptableSegmentationTask.load_from_checkpoint(ckpt)
     assert task.net.out_channels == 3 and task.net.in_channels == 1
+    old = _old_style_copy(ckpt, "sam_checkpoint", weights)
     # medseg segment --model db_sam: box on one slice, propagated (LiteMedSAM machinery)
     image = tmp_path / "raw" / "imagesTr" / "case_001.nii.gz"
     out = tmp_path / "seg"
@@ -115,8 +145,14 @@ def test_fit_db_sam_through_the_cli(tmp_path):
     assert medseg_main(args) == 0
     report = json.loads((out / "case_001_stats.json").read_text())
     assert report["model"].startswith("db_sam:") and report["prompt"]["slice"] == 4
-    assert (out / "case_001_seg.nii.gz").is_file()
+    assert _masked_slices(out / "case_001_seg.nii.gz") - {4}  # propagated beyond slice 4
+    assert medseg_main([*args, "--no-propagate", "--overwrite"]) == 0
+    assert _masked_slices(out / "case_001_seg.nii.gz") == {4}
     assert medseg_main([*args[:-4], "--point", "5,5", "--slice", "4", "--overwrite"]) == 2
+    assert medseg_main([*args, "--support-size", "2", "--overwrite"]) == 2  # sam2_sgp only
+    # a checkpoint naming the (deleted) SAM file in its hyper-parameters loads too
+    old_args = [a if a != str(ckpt) else str(old) for a in args]
+    assert medseg_main([*old_args, "--overwrite"]) == 0
 
 
 TINY_SGP = {
@@ -139,13 +175,27 @@ TINY_SGP = {
 
 
 def test_fit_sam2_sgp_through_the_cli(tmp_path):
+    from medseg.models.sam2_sgp import SAM2SGP
+    from medseg.models.sam2_sgp.weights import sam2_keys
+
     prep = make_prepared(tmp_path, n_cases=3, spatial_dims=2, patch_size=(24, 20))
-    cfg = _promptable_config(tmp_path, prep, "medseg.models.sam2_sgp.SAM2SGP", **TINY_SGP)
-    assert main(["fit", "--config", str(cfg), "--data.init_args.samples_per_volume=4"]) == 0
+    weights = tmp_path / "sam2_tiny.pt"  # a "SAM2 checkpoint" for the tiny sizes
+    net = SAM2SGP(**TINY_SGP)
+    torch.save({"model": {k: net.sam2.state_dict()[k] for k in sam2_keys(net)}}, weights)
+    cfg = _promptable_config(
+        tmp_path, prep, "medseg.models.sam2_sgp.SAM2SGP", **TINY_SGP, sam2_checkpoint=str(weights)
+    )
+    fit = ["fit", "--config", str(cfg), "--data.init_args.samples_per_volume=4"]
+    assert main(fit) == 0
+    # resume still works (the config names the weights file; the checkpoint's state wins)
+    assert main([*fit, "--trainer.max_epochs=2", "--ckpt_path=last"]) == 0
     run = tmp_path / "run"
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val/dice", "val/dice_shell", "val/dice_core"} <= set(header)
     ckpt = run / "checkpoints" / "last.ckpt"
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["epoch"] == 2 and saved["pretrained_weights"] == {"sam2_checkpoint": str(weights)}
+    weights.unlink()  # the fine-tuned checkpoint must not need the original SAM2 file
     task = PromptableSegmentationTask.load_from_checkpoint(ckpt)
     assert task.net.prompt == "support" and task._bank  # support bank restored
     # medseg segment --model sam2_sgp --support DIR (prompt-free, 3-D propagation)
@@ -158,3 +208,6 @@ def test_fit_sam2_sgp_through_the_cli(tmp_path):
     assert report["model"].startswith("sam2_sgp:") and report["support"]["slices"] > 0
     assert medseg_main([*args, "--box", "1,1,5,5", "--slice", "2", "--overwrite"]) == 2
     assert medseg_main(args[:-5] + ["--device", "cpu", "--overwrite"]) == 2  # no --support
+    old = _old_style_copy(ckpt, "sam2_checkpoint", weights)
+    old_args = [a if a != str(ckpt) else str(old) for a in args]
+    assert medseg_main([*old_args, "--overwrite"]) == 0

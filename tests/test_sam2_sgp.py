@@ -106,6 +106,31 @@ def test_token_mixer_option_runs():
     assert out.shape == (2, 1, 64, 64) and net.pma_decoder.token_mixer is not None
 
 
+def test_code_compat_pma_reproduces_the_released_no_op():
+    """``pma_code_compat``: the pseudo-mask changes nothing and the token mixer gets no gradient
+    (the released behaviour, MODELS.md §2(f)); the default PMA differs from it."""
+    torch.manual_seed(0)
+    pma = tiny(token_mixer=True, pma_code_compat=True).pma_decoder.eval()  # no dropout
+    b, c, g = 2, 32, 4
+    args = dict(
+        image_embeddings=torch.randn(b, c, g, g),
+        image_pe=torch.randn(1, c, g, g),
+        sparse=torch.randn(b, 2, c),
+        dense=torch.randn(b, c, g, g),
+        high_res=(torch.randn(b, c // 8, 4 * g, 4 * g), torch.randn(b, c // 4, 2 * g, 2 * g)),
+        up_embed=torch.randn(b, c // 8, 4 * g, 4 * g),
+        msk_feat=torch.randn(b, 4, g * g),
+    )
+    prob = torch.rand(b, 1, g, g)
+    out = pma(pseudo_prob=prob, **args)
+    assert torch.equal(out, pma(pseudo_prob=torch.rand_like(prob), **args))
+    out.square().mean().backward()
+    assert all(p.grad is None or not p.grad.any() for p in pma.token_mixer.parameters())
+    pma.code_compat = False
+    with torch.no_grad():
+        assert (pma(pseudo_prob=prob, **args) - out).abs().max() > 1e-4
+
+
 def test_frozen_trunk_gets_no_gradient_and_one_step_changes_only_trainable_parts():
     torch.manual_seed(0)
     net = tiny()
@@ -135,22 +160,35 @@ def test_3d_propagation_keeps_a_bounded_memory_bank():
     assert out["bank_sizes"].tolist() == [0, 1, 2, 2, 2]
 
 
-@pytest.mark.parametrize("config", ["t", "s"])
-def test_sam2_part_matches_build_sam2_and_loads_strictly(config, tmp_path):
+@pytest.mark.parametrize("bank_size", [0, 2])
+def test_3d_propagation_back_propagates_through_the_memory_bank(bank_size):
+    """Slice 0 reaches slice 2's output only through the bank of its own predictions."""
+    torch.manual_seed(0)
+    net = tiny().eval()
+    x, m = _data(3)
+    support = net.support_memory(net.encode_images(x.flip(-1)), m)
+    x = x.clone().requires_grad_(True)
+    out = net.segment_stack(net.encode_images(x), support, bank_size=bank_size)
+    out["logits"][2].sum().backward()
+    assert (x.grad[0].abs().sum() > 0) == (bank_size > 0)
+
+
+@pytest.mark.parametrize(
+    ("version", "config"), [("2.1", "t"), ("2.1", "s"), ("2.0", "t"), ("2.0", "s")]
+)
+def test_sam2_part_matches_build_sam2_and_loads_strictly(version, config, tmp_path):
     from sam2.build_sam import build_sam2
 
+    yaml = {"2.1": f"sam2.1/sam2.1_hiera_{config}", "2.0": f"sam2/sam2_hiera_{config}"}[version]
     ref = build_sam2(
-        f"configs/sam2.1/sam2.1_hiera_{config}.yaml",
-        ckpt_path=None,
-        device="cpu",
-        apply_postprocessing=False,
+        f"configs/{yaml}.yaml", ckpt_path=None, device="cpu", apply_postprocessing=False
     )
     official = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
     path = tmp_path / "sam2.pt"
     torch.save({"model": ref.state_dict()}, path)
     del ref
     preset = sam2_sgp_hiera_t if config == "t" else sam2_sgp_hiera_s
-    net = preset(sam2_checkpoint=str(path))
+    net = preset(sam2_checkpoint=str(path), sam2_version=version)
     own = net.sam2.state_dict()
     assert {k: tuple(own[k].shape) for k in sam2_keys(net)} == official
     ref_sd = torch.load(path, weights_only=True)["model"]
@@ -159,6 +197,9 @@ def test_sam2_part_matches_build_sam2_and_loads_strictly(config, tmp_path):
     assert torch.equal(
         net.pma_decoder.mask_tokens.weight, ref_sd["sam_mask_decoder.mask_tokens.weight"]
     )
+    other = "2.0" if version == "2.1" else "2.1"  # the other layout refuses the file
+    with pytest.raises(ModelError, match="missing keys|unexpected keys"):
+        preset(sam2_checkpoint=str(path), sam2_version=other)
 
 
 def test_wrong_sam2_checkpoint_is_refused(tmp_path):
@@ -203,6 +244,61 @@ def test_tiny_overfits_a_few_slices_leave_one_out():
             if dice >= 0.9:
                 break
     assert dice >= 0.9, f"leave-one-out dice {dice:.3f} after {step} steps"
+
+
+def _chunks(n: int = 2, length: int = 4, size: int = 24) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` volumes' chunks ``(n, 1, size, size, length)``: a cone (radius grows with z)."""
+    g = torch.Generator().manual_seed(0)
+    xx, yy, zz = torch.meshgrid(
+        torch.arange(size), torch.arange(size), torch.arange(length), indexing="ij"
+    )
+    imgs, labs = [], []
+    for i in range(n):
+        cx, cy = (torch.rand(2, generator=g) * size * 0.3 + size * 0.35).tolist()
+        r = size * (0.2 + 0.05 * i) * (0.7 + 0.1 * zz)
+        lab = ((xx - cx) ** 2 + (yy - cy) ** 2 <= r**2).long()
+        imgs.append((torch.randn(size, size, length, generator=g) * 0.3 + lab)[None])
+        labs.append(lab[None])
+    return torch.stack(imgs), torch.stack(labs)
+
+
+def test_3d_chunk_training_learns_through_its_own_memory_bank(monkeypatch):
+    """3-D mode of the task: each chunk propagated in order with a bounded bank, supports from
+    the other case only, gradients to LoRA / decoders / memory modules, loss going down."""
+    from medseg.engine import PromptableSegmentationTask
+
+    torch.manual_seed(0)
+    x, y = _chunks()
+    task = PromptableSegmentationTask(
+        tiny(), hd95=False, preprocessing={"slice_axis": 2}, bank_size=2
+    )
+    net, calls = task.net, []
+    real = net.segment_stack
+
+    def spy(features, support, **kw):
+        out = real(features, support, **kw)
+        calls.append((len(features), int((~kw["exclude"]).sum()), out["bank_sizes"].tolist()))
+        return out
+
+    monkeypatch.setattr(net, "segment_stack", spy)
+    opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=3e-3)
+    batch = {"image": x, "label": y, "case": ["a", "b"]}
+    losses = []
+    for step in range(8):
+        loss = task.training_step(batch, step)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            for part in ("lora_", "pma_decoder.", "sam_mask_decoder.", "memory_encoder."):
+                grads = [p.grad for n, p in net.named_parameters() if part in n]
+                assert any(gr is not None and gr.abs().sum() > 0 for gr in grads), part
+        opt.step()
+        losses.append(float(loss.detach()))
+    # per step: both chunks, 4 slices each, supports = the other chunk's 4 slices, bank <= 2
+    assert calls[:2] == [(4, 4, [0, 1, 2, 2])] * 2 and len(calls) == 16
+    assert losses[-1] < 0.8 * losses[0], losses
+    one_case = {**batch, "case": ["a", "a"]}  # no support from another case: nothing to learn
+    assert task.training_step(one_case, 0) is None
 
 
 def test_support_folder_layouts(tmp_path):

@@ -2,9 +2,12 @@
 through the LiteMedSAM machinery) and ``--model sam2_sgp --support DIR`` (prompt-free).
 
 ``--checkpoint`` is a ``medseg fit`` checkpoint of ``PromptableSegmentationTask`` (or a full
-state dict of the published preset). ``--support DIR`` holds image/label volume pairs
-(``images/`` + ``labels/`` with equal names, or ``NAME.nii.gz`` + ``NAME_label.nii.gz``); the
-slices holding ``--support-label`` guide the segmentation, which writes ``--label``.
+state dict of the published preset); it holds every weight, the original SAM/SAM2 file is not
+needed. ``--support DIR`` holds image/label volume pairs (``images/`` + ``labels/`` with equal
+names, or ``NAME.nii.gz`` + ``NAME_label.nii.gz``); the slices holding ``--support-label``
+guide the segmentation (``--support-size`` of them per slice, the most similar), which writes
+``--label``. Both models take single-channel volumes (nets fine-tuned on several channels are
+refused with the reason).
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ def add_sam_arguments(p: argparse.ArgumentParser) -> None:
         help="label value of the object in --support",
     )
     g.add_argument(
+        "--support-size",
+        type=int,
+        default=None,
+        metavar="K",
+        help="sam2_sgp: supports chosen per slice (most similar first; default: the model's, "
+        "1 in 2-D training, 4 in 3-D)",
+    )
+    g.add_argument(
         "--bank-size",
         type=int,
         default=16,
@@ -51,6 +62,8 @@ def check_sam_arguments(args: argparse.Namespace) -> None:
     from .autoseg import AUTO_FLAGS
 
     model = getattr(args, "model", "litemedsam")
+    if model != "sam2_sgp" and args.support_size is not None:
+        raise InputError("bad_argument", "--support-size needs --model sam2_sgp")
     if model == "litemedsam":
         if args.support:
             raise InputError("bad_argument", "--support needs --model sam2_sgp")
@@ -69,6 +82,8 @@ def check_sam_arguments(args: argparse.Namespace) -> None:
         raise InputError("bad_argument", "--support needs --model sam2_sgp")
     if args.bank_size < 0:
         raise InputError("bad_argument", "--bank-size must be >= 0")
+    if args.support_size is not None and args.support_size < 1:
+        raise InputError("bad_argument", "--support-size must be >= 1")
 
 
 def build_box_predictor(args: argparse.Namespace):
@@ -91,6 +106,7 @@ def run_support(args: argparse.Namespace) -> int:
     from medseg.inference.litemedsam import to_uint8
     from medseg.inference.sam_family import (
         SupportPredictor,
+        check_single_channel,
         load_promptable_net,
         load_support_slices,
     )
@@ -104,6 +120,11 @@ def run_support(args: argparse.Namespace) -> int:
     volume = load_volume(
         args.input, volume_index=args.volume, series_uid=args.series_uid, nan_policy=args.nan_policy
     )
+    device = resolve_device(args.device)
+    net = load_promptable_net(
+        "sam2_sgp", args.checkpoint, device=device, trusted=args.trust_checkpoint
+    )
+    check_single_channel(net)  # before the volume's channels: the net decides what fits
     if volume.num_channels != 1:
         raise InputError(
             "multi_channel", f"{volume.num_channels} channels; choose one with --volume N"
@@ -120,11 +141,9 @@ def run_support(args: argparse.Namespace) -> int:
     images, masks = load_support_slices(
         args.support, args.axis, label=args.support_label, window=window
     )
-    device = resolve_device(args.device)
-    net = load_promptable_net(
-        "sam2_sgp", args.checkpoint, device=device, trusted=args.trust_checkpoint
+    predictor = SupportPredictor(
+        net, device=device, support_size=args.support_size, bank_size=args.bank_size
     )
-    predictor = SupportPredictor(net, device=device, bank_size=args.bank_size)
     used = predictor.set_support(images, masks)
     view = PlaneView.from_affine(volume.affine, volume.spatial_shape, args.axis)
     stack = np.ascontiguousarray(to_uint8(view.stack(volume.array), window=window))
@@ -132,9 +151,15 @@ def run_support(args: argparse.Namespace) -> int:
         mask = predictor.segment_stack(stack, progress=lambda n: bar.update(n - bar.n))
     dtype = np.uint8 if args.label <= 255 else np.uint16
     labels = np.ascontiguousarray(view.unstack(mask.astype(dtype) * dtype(args.label)))
+    k = args.support_size or int(net.support_size)
     extra = {
         "seconds": time.perf_counter() - started,
-        "support": {"folder": str(args.support), "slices": used, "label": args.support_label},
+        "support": {
+            "folder": str(args.support),
+            "slices": used,
+            "label": args.support_label,
+            "per_slice": min(k, used),
+        },
     }
     report = write_outputs(
         args,

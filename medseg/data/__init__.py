@@ -1,5 +1,6 @@
 """LightningDataModules over prepared datasets (``medseg prepare`` output) and MONAI datasets."""
 
+from medseg.data.chunks import SliceChunkDataModule
 from medseg.data.datamodule import CaseLoadError, SegmentationDataModule
 from medseg.data.prepared import PreparedDataModule
 from medseg.data.restoration import RestorationDataModule
@@ -9,4 +10,5 @@ __all__ = [
     "PreparedDataModule",
     "RestorationDataModule",
     "SegmentationDataModule",
+    "SliceChunkDataModule",
 ]

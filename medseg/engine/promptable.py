@@ -1,7 +1,9 @@
 """``PromptableSegmentationTask``: fine-tunes SAM-family nets on 2-D slices, one object per prompt.
 
 The data are :class:`medseg.data.SegmentationDataModule` batches in 2-D mode (slices
-``(N, C, h, w)`` with class-index labels ``(N, 1, h, w)``; validation volumes ``(1, C, X, Y, Z)``).
+``(N, C, h, w)`` with class-index labels ``(N, 1, h, w)``; validation volumes ``(1, C, X, Y, Z)``),
+or, for support nets, :class:`medseg.data.SliceChunkDataModule` chunks of consecutive slices
+``(N, C, X, Y, Z)`` (3-D training by propagation, :mod:`medseg.engine.support_training`).
 Each slice is min-max scaled to [0, 1] per channel, resized (longest side) to the net's
 ``image_size`` and padded bottom/right, as MedSAM prepares slices. The net says how it is prompted
 (``net.prompt``):
@@ -10,8 +12,10 @@ Each slice is min-max scaled to [0, 1] per channel, resized (longest side) to th
   that class with a random 0..``box_jitter`` px enlargement per side (at 256 scale, MedSAM's
   convention, scaled to the net frame). ``net(images, boxes) -> (logits, iou)``.
 - ``"support"`` (SAM2-SGP): prompt-free; per step, one class, and every slice holding it is a
-  support for the others (leave-one-out). ``net.encode_images / support_memory / predict``.
-  Validation uses a bank of training slices per class (``support_bank`` most recent).
+  support for the others (leave-one-out; 3-D chunks: the slices of other cases' chunks).
+  ``net.encode_images / support_memory / predict / segment_stack``. Validation uses a bank of
+  training slices per class (the ``support_bank`` most recent ones, not held out), slices
+  independently or propagated through the volume (``val_bank_size``).
 
 Loss on the low-res logits against the area-downsampled target (default MONAI ``DiceCELoss``
 with sigmoid and squared denominators, DB-SAM's ``SegLoss``); for ``"support"`` nets
@@ -23,6 +27,7 @@ slice (support mode) and scores whole volumes with :class:`medseg.metrics.Segmen
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -40,6 +45,7 @@ from medseg.engine.prompts import (
     to_frame,
 )
 from medseg.engine.segmentation import _plain, _slug
+from medseg.engine.support_training import chunk_step, slice_step
 from medseg.errors import ModelError
 from medseg.metrics import SegmentationMetrics
 
@@ -49,11 +55,15 @@ __all__ = [
     "boxes_from_masks",
     "jitter_boxes",
     "to_frame",
+    "without_weight_files",
 ]
+
+WEIGHT_FILE_ARGS = ("sam_checkpoint", "sam2_checkpoint")
 
 
 class PromptableSegmentationTask(MedsegTask):
-    """Promptable (box) or support-prompted fine-tuning on 2-D slices.
+    """Promptable (box) or support-prompted fine-tuning on 2-D slices (support nets: also 3-D
+    on chunks of consecutive slices).
 
     Args:
         net: a promptable net with ``image_size`` and ``prompt`` (``"box"`` | ``"support"``).
@@ -68,6 +78,10 @@ class PromptableSegmentationTask(MedsegTask):
         val_box_jitter: the same at validation (DB-SAM's test code: 20; default exact boxes).
         pseudo_weight / pseudo_decay: support mode, weight of the pseudo-mask loss term.
         support_bank: training slices kept per class for validation supports.
+        bank_size: support mode, 3-D training: memories of previous slices kept while a chunk
+            is propagated (SAM2-SGP: 16).
+        val_bank_size: support mode, validation: 0 = slices independently (2-D); > 0 = slices
+            propagated in order with a bank of this many memories (3-D).
         val_batch_size: slices per forward pass at validation.
         hd95: also compute HD95 at validation.
     """
@@ -86,6 +100,8 @@ class PromptableSegmentationTask(MedsegTask):
         pseudo_weight: float = 0.5,
         pseudo_decay: float = 0.95,
         support_bank: int = 8,
+        bank_size: int = 16,
+        val_bank_size: int = 0,
         val_batch_size: int = 8,
         hd95: bool = True,
     ) -> None:
@@ -94,6 +110,8 @@ class PromptableSegmentationTask(MedsegTask):
             raise ValueError(f"schedule must be poly or constant, got {schedule!r}")
         if getattr(net, "prompt", None) not in ("box", "support"):
             raise ValueError("net must say how it is prompted: net.prompt in ('box', 'support')")
+        if bank_size < 0 or val_bank_size < 0:
+            raise ValueError("bank_size and val_bank_size must be >= 0")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module`")
             self.save_hyperparameters()
@@ -110,6 +128,7 @@ class PromptableSegmentationTask(MedsegTask):
         self.box_jitter, self.val_box_jitter = box_jitter, val_box_jitter
         self.pseudo_weight, self.pseudo_decay = pseudo_weight, pseudo_decay
         self.support_bank, self.val_batch_size, self.hd95 = support_bank, val_batch_size, hd95
+        self.bank_size, self.val_bank_size = bank_size, val_bank_size
         self._bank: dict[int, list[tuple[Tensor, Tensor]]] = {}
         self._metrics: dict[str, SegmentationMetrics] = {}
 
@@ -120,14 +139,29 @@ class PromptableSegmentationTask(MedsegTask):
     # training ----------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         image, label = _plain(batch["image"]), _plain(batch["label"])
-        if image.ndim != 4:
-            raise ValueError(f"promptable training needs 2-D slices, got {tuple(image.shape)}")
-        frame, _ = to_frame(image, self.size)
-        lab, _ = to_frame(label.float(), self.size, mode="nearest")
-        if self.net.prompt == "box":
-            loss = self._box_step(frame, lab)
+        if image.ndim == 5 and self.net.prompt == "support":
+            axis = int((self.preprocessing or {}).get("slice_axis", 2))
+            loss = chunk_step(
+                self,
+                image,
+                label,
+                batch.get("case"),
+                _generator(self),
+                slice_axis=axis,
+                bank_size=self.bank_size,
+            )
+        elif image.ndim != 4:
+            raise ValueError(
+                f"promptable training needs 2-D slices (support nets: or chunks of slices), "
+                f"got {tuple(image.shape)}"
+            )
+        elif self.net.prompt == "box":
+            frame, _ = to_frame(image, self.size)
+            loss = self._box_step(frame, to_frame(label.float(), self.size, mode="nearest")[0])
         else:
-            loss = self._support_step(frame, lab)
+            frame, _ = to_frame(image, self.size)
+            lab, _ = to_frame(label.float(), self.size, mode="nearest")
+            loss = slice_step(self, frame, lab, _generator(self))
         if loss is None:
             return None  # no foreground in this batch: nothing to prompt
         check_finite_loss(self, loss, batch_idx)
@@ -154,31 +188,6 @@ class PromptableSegmentationTask(MedsegTask):
         logits, _ = self.net(frame[keep], boxes.to(frame.device))
         return self.loss_fn(logits, low_res_target(target, logits))
 
-    def _support_step(self, frame: Tensor, lab: Tensor) -> Tensor | None:
-        gen = _generator(self)
-        classes = [int(c) for c in lab.unique() if c > 0]
-        if not classes:
-            return None
-        c = classes[int(torch.randint(len(classes), (1,), generator=gen))]
-        target = (lab == c).float()
-        has = target.flatten(1).any(1)
-        if int(has.sum()) < 2:
-            return None  # leave-one-out needs two slices with the object
-        sup = has.nonzero()[:, 0]
-        self._remember(c, frame[sup], target[sup])
-        feats = self.net.encode_images(frame)
-        support = self.net.support_memory(self.net.select(feats, sup), target[sup])
-        exclude = sup[None, :] == torch.arange(len(frame), device=frame.device)[:, None]
-        queries = (~exclude).any(1)
-        out = self.net.predict(feats, support, exclude=exclude, generator=gen)
-        w = self.pseudo_weight * self.pseudo_decay**self.current_epoch
-        tgt = low_res_target(target, out["logits"])
-        main = self.loss_fn(out["logits"][queries], tgt[queries])
-        pseudo = self.loss_fn(
-            out["pseudo_logits"][queries], low_res_target(target, out["pseudo_logits"])[queries]
-        )
-        return (1.0 - w) * main + w * pseudo
-
     def _remember(self, c: int, images: Tensor, masks: Tensor) -> None:
         bank = self._bank.setdefault(c, [])
         for img, m in zip(images, masks, strict=True):
@@ -199,11 +208,13 @@ class PromptableSegmentationTask(MedsegTask):
         label: Tensor | None,
         classes: list[int],
         supports: dict[int, Any] | None = None,
+        bank_size: int = 0,
     ) -> Tensor:
         """Class-index prediction of 2-D slices ``(N, C, h, w)`` -> ``(N, 1, h, w)`` long.
 
         Box mode needs ``label`` (boxes from the reference, the box-given protocol); support
-        mode uses ``supports`` (class -> encoded support; default: from the support bank).
+        mode uses ``supports`` (class -> encoded support; default: from the support bank) and,
+        with ``bank_size > 0``, propagates through the slices in order (3-D).
         Later classes overwrite earlier ones where they overlap.
         """
         if self.net.prompt == "support" and supports is None:
@@ -229,7 +240,11 @@ class PromptableSegmentationTask(MedsegTask):
             else:
                 if c not in supports:
                     continue
-                logits = self.net.predict(self.net.encode_images(frame), supports[c])["logits"]
+                if bank_size:
+                    res = self.net.segment_stack(frame, supports[c], bank_size=bank_size)
+                else:
+                    res = self.net.predict(self.net.encode_images(frame), supports[c])
+                logits = res["logits"]
             mask = from_frame(logits, self.size, (h, w), image.shape[2:]) > 0
             out[mask] = c
         return out
@@ -250,11 +265,14 @@ class PromptableSegmentationTask(MedsegTask):
         img = image.movedim(axis, 2)[0].transpose(0, 1) if axis else image  # (S, C, P, Q)
         lab = label.movedim(axis, 2)[0].transpose(0, 1) if axis else label
         supports = self._bank_supports(image.device) if self.net.prompt == "support" else None
-        preds = []
-        for start in range(0, len(img), self.val_batch_size):
-            sl = slice(start, start + self.val_batch_size)
-            preds.append(self.predict_slices(img[sl], lab[sl], classes, supports))
-        pred = torch.cat(preds)
+        if supports is not None and self.val_bank_size:  # 3-D: the whole stack, in order
+            pred = self.predict_slices(img, lab, classes, supports, self.val_bank_size)
+        else:
+            preds = []
+            for start in range(0, len(img), self.val_batch_size):
+                sl = slice(start, start + self.val_batch_size)
+                preds.append(self.predict_slices(img[sl], lab[sl], classes, supports))
+            pred = torch.cat(preds)
         if axis:
             pred = pred.transpose(0, 1)[None].movedim(2, axis)
         if stage not in self._metrics or self._metrics[stage].num_classes != k:
@@ -307,6 +325,11 @@ class PromptableSegmentationTask(MedsegTask):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        hparams = checkpoint.get("hyper_parameters")
+        if isinstance(hparams, dict):  # the state dict holds every weight: never re-read them
+            checkpoint["hyper_parameters"], removed = without_weight_files(hparams)
+            if removed:
+                checkpoint["pretrained_weights"] = removed  # provenance only
         if self._bank:  # support mode: keep the validation supports (uint8, ~2 MB per slice)
             checkpoint["support_bank"] = {
                 c: [((img * 255).round().to(torch.uint8), m.to(torch.uint8)) for img, m in items]
@@ -332,6 +355,25 @@ class BCEWithPosWeight(nn.Module):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+
+
+def without_weight_files(hparams: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """``(hparams with the net's pretrained-weights paths set to None, the removed paths)``.
+
+    The paths are :data:`WEIGHT_FILE_ARGS` of the net config (``{"class_path", "init_args"}``
+    as LightningCLI saves it). A fine-tuned state dict holds every weight, so rebuilding the net
+    from a checkpoint must not read the original SAM/SAM2 file (it may be gone). Returns a
+    copy; ``hparams`` is not modified.
+    """
+    net = hparams.get("net")
+    init = net.get("init_args") if isinstance(net, Mapping) else None
+    if not isinstance(init, Mapping):
+        return hparams, {}
+    removed = {k: str(init[k]) for k in WEIGHT_FILE_ARGS if init.get(k) is not None}
+    if not removed:
+        return hparams, {}
+    net = {**net, "init_args": {**init, **dict.fromkeys(removed)}}
+    return {**hparams, "net": net}, removed
 
 
 def _generator(task: MedsegTask) -> torch.Generator:

@@ -30,7 +30,12 @@ from medseg.errors import InputError, ModelError
 
 from .device import resolve_device
 
-__all__ = ["BoxPromptPredictor", "SupportPredictor", "load_promptable_net"]
+__all__ = [
+    "BoxPromptPredictor",
+    "SupportPredictor",
+    "check_single_channel",
+    "load_promptable_net",
+]
 
 MODELS = {"db_sam": "medseg.models.db_sam:DBSAM", "sam2_sgp": "medseg.models.sam2_sgp:SAM2SGP"}
 PRESETS = {"db_sam": "db_sam_vit_b", "sam2_sgp": "sam2_sgp_hiera_s"}
@@ -47,8 +52,9 @@ def load_promptable_net(
     """A fine-tuned DB-SAM / SAM2-SGP in eval mode on ``device``.
 
     ``checkpoint``: a ``medseg fit`` ``.ckpt`` (``PromptableSegmentationTask``; its
-    hyper-parameters rebuild the net) or a full state dict of the published preset (``.pth``,
-    strict keys). Raises :class:`ModelError` (exit 4) with a one-line reason.
+    hyper-parameters rebuild the net, without reading the original SAM/SAM2 weights file) or a
+    full state dict of the published preset (``.pth``, strict keys). Raises
+    :class:`ModelError` (exit 4) with a one-line reason.
     """
     import importlib
     import pickle
@@ -66,11 +72,16 @@ def load_promptable_net(
     package = importlib.import_module(module)
     dev = resolve_device(device)
     if checkpoint_kind(checkpoint) == "lightning":
-        from medseg.engine.promptable import PromptableSegmentationTask
+        from medseg.engine.promptable import PromptableSegmentationTask, without_weight_files
 
+        from .checkpoints import checkpoint_hparams
+
+        # the fine-tuned weights are all in the checkpoint: never re-read the SAM/SAM2 file
+        hparams, removed = without_weight_files(checkpoint_hparams(checkpoint, trusted=trusted))
+        override = {"net": hparams["net"]} if removed else {}
         try:
             task = PromptableSegmentationTask.load_from_checkpoint(
-                checkpoint, map_location=dev, weights_only=not trusted
+                checkpoint, map_location=dev, weights_only=not trusted, **override
             )
         except pickle.UnpicklingError as err:
             raise ModelError(
@@ -99,6 +110,19 @@ def load_promptable_net(
     return net.to(dev).eval()
 
 
+def check_single_channel(net: nn.Module) -> None:
+    """:class:`ModelError` (exit 4) unless ``net`` takes one input channel: the predictors
+    segment single-channel stacks (multi-channel fine-tunes are scored by ``medseg test``)."""
+    n = int(getattr(net, "in_channels", 1))
+    if n != 1:
+        raise ModelError(
+            "channels",
+            f"this checkpoint's net takes {n} input channels, but `medseg segment` feeds "
+            "SAM-family nets one channel: use a checkpoint fine-tuned on single-channel data "
+            "(multi-channel runs such as db_sam_task01 are scored with `medseg test`)",
+        )
+
+
 class BoxPromptPredictor:
     """Box-prompted slices and box propagation with a box-promptable net (DB-SAM).
 
@@ -111,8 +135,7 @@ class BoxPromptPredictor:
     def __init__(self, net: nn.Module, *, device: str | torch.device = "auto") -> None:
         if net.training:
             raise ValueError("net is in training mode: call .eval() after loading the weights")
-        if getattr(net, "in_channels", 1) != 1:
-            raise ModelError("channels", "the CLI segments single-channel volumes (in_channels 1)")
+        check_single_channel(net)
         self.device = resolve_device(device)
         self.net = net.to(self.device)
         self.size = int(net.image_size)
@@ -206,8 +229,7 @@ class SupportPredictor:
     ) -> None:
         if net.training:
             raise ValueError("net is in training mode: call .eval() after loading the weights")
-        if getattr(net, "in_channels", 1) != 1:
-            raise ModelError("channels", "the CLI segments single-channel volumes (in_channels 1)")
+        check_single_channel(net)
         self.device = resolve_device(device)
         self.net = net.to(self.device)
         self.size = int(net.image_size)
@@ -328,7 +350,9 @@ def load_support_slices(
 
 
 def _is_volume(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(_VOLUME_SUFFIXES)
+    """A volume file by suffix; hidden files (macOS ``._*`` junk in MSD tarballs) are not."""
+    name = path.name
+    return not name.startswith(".") and path.is_file() and name.lower().endswith(_VOLUME_SUFFIXES)
 
 
 def _split(name: str) -> tuple[str, str]:

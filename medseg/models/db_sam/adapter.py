@@ -4,7 +4,7 @@ branch into them.
 Two layouts (FIDELITY.md):
 
 - ``"two_branch"`` (paper reading; released ``TwoBranchImagePyramidAdapter``): learnable SE
-  channel attention after the frozen blocks (after every block, or once per stage), then
+  channel attention after the frozen blocks (once per stage, or after every block), then
   *bilateral* deformable cross-attention: the ViT map attends to the conv pyramid and the conv
   pyramid attends to the (pre-update) ViT map; after the last stage the conv maps are
   concatenated, projected to the ViT width and fused with the ViT map by :class:`DANE`.
@@ -43,9 +43,9 @@ class DualBranchAdapter(nn.Module):
         conv_widths / conv_downsamples / bn_momentum: :class:`ConvBranch`.
         num_heads / num_points: deformable attention heads and points per level.
         cross_blocks: joint attention blocks per stage (``four_branch``).
-        channel_attention: SE channel attention ``"block"`` (after every frozen block, the
-            paper's wording) or ``"stage"`` (after each stage, the released code)
-            (``two_branch``).
+        channel_attention: SE channel attention ``"stage"`` (after each stage's frozen
+            blocks: the issue's and the released code's reading) or ``"block"`` (after every
+            frozen block, a literal reading of the paper's wording) (``two_branch``).
         ffn_ratio / drop / drop_path: of the cross-attention and fusion blocks.
         fusion_reduction: width reduction of the fusion gating MLPs.
 
@@ -66,7 +66,7 @@ class DualBranchAdapter(nn.Module):
         num_heads: int = 12,
         num_points: int = 4,
         cross_blocks: int = 2,
-        channel_attention: str = "block",
+        channel_attention: str = "stage",
         ffn_ratio: float = 4.0,
         drop: float = 0.1,
         drop_path: float = 0.4,

@@ -86,7 +86,7 @@ class DBSAM(nn.Module):
         deform_heads: int = 12,
         deform_points: int = 4,
         cross_blocks: int = 2,
-        channel_attention: str = "block",
+        channel_attention: str = "stage",
         ffn_ratio: float = 4.0,
         drop: float = 0.1,
         drop_path: float = 0.4,
@@ -218,11 +218,12 @@ class DBSAM(nn.Module):
 
 
 def db_sam_vit_b(**overrides: object) -> DBSAM:
-    """Paper reading: two branches, SE channel attention after every frozen ViT-B block,
-    bilateral deformable cross-attention per stage, DANE fusion (random init; pass
+    """Paper reading: two branches, SE channel attention after each stage's frozen ViT-B
+    blocks (``channel_attention="block"``: after every block), bilateral deformable
+    cross-attention per stage, DANE fusion (random init; pass
     ``sam_checkpoint=".../sam_vit_b_01ec64.pth"`` for SAM's weights)."""
     return DBSAM(
-        **{"adapter": "two_branch", "channel_attention": "block", "drop_path": 0.4, **overrides}
+        **{"adapter": "two_branch", "channel_attention": "stage", "drop_path": 0.4, **overrides}
     )  # type: ignore[arg-type]
 
 

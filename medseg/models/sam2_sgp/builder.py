@@ -1,6 +1,9 @@
-"""Build a ``sam2`` ``SAM2Base`` from typed sizes, exactly as the package's SAM 2.1 YAML configs
-(``configs/sam2.1/sam2.1_hiera_{t,s}.yaml``) do with Hydra, so the state-dict keys and shapes
-equal ``build_sam2(...)``'s (a test checks it) and official checkpoints load strictly.
+"""Build a ``sam2`` ``SAM2Base`` from typed sizes, exactly as the package's YAML configs do with
+Hydra: SAM 2.1 (``configs/sam2.1/sam2.1_hiera_{t,s}.yaml``, ``sam2.1_hiera_*.pt``) or SAM 2.0
+(``configs/sam2/sam2_hiera_{t,s}.yaml``, ``sam2_hiera_*.pt``, what the SAM2-SGP paper used), so
+the state-dict keys and shapes equal ``build_sam2(...)``'s (a test checks both) and official
+checkpoints load strictly. SAM 2.0 lacks 2.1's ``no_obj_embed_spatial`` and
+``obj_ptr_tpos_proj`` (temporal encoding of object pointers).
 
 Pinned to ``sam2`` 1.1.0: SAM2-SGP uses SAM2Base internals (``forward_image``,
 ``_prepare_backbone_features``, ``_encode_new_memory``, ``memory_attention``).
@@ -12,7 +15,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["build_sam2_base"]
+__all__ = ["SAM2_VERSIONS", "build_sam2_base"]
+
+SAM2_VERSIONS = ("2.1", "2.0")
 
 
 def build_sam2_base(
@@ -30,8 +35,12 @@ def build_sam2_base(
     memory_ffn: int = 2048,
     fuser_layers: int = 2,
     num_maskmem: int = 7,
+    sam2_version: str = "2.1",
 ) -> nn.Module:
     """``SAM2Base`` with random weights (defaults: SAM 2.1 Hiera-S at 1024 px)."""
+    if sam2_version not in SAM2_VERSIONS:
+        raise ValueError(f"sam2_version must be one of {SAM2_VERSIONS}, got {sam2_version!r}")
+    v21 = sam2_version == "2.1"
     try:
         from sam2.modeling.backbones.hieradet import Hiera
         from sam2.modeling.backbones.image_encoder import FpnNeck, ImageEncoder
@@ -108,14 +117,14 @@ def build_sam2_base(
         sigmoid_bias_for_mem_enc=-10.0,
         use_mask_input_as_output_without_sam=True,
         directly_add_no_mem_embed=True,
-        no_obj_embed_spatial=True,
+        no_obj_embed_spatial=v21,
         use_high_res_features_in_sam=True,
         multimask_output_in_sam=True,
         iou_prediction_use_sigmoid=True,
         use_obj_ptrs_in_encoder=True,
-        add_tpos_enc_to_obj_ptrs=True,
-        proj_tpos_enc_in_obj_ptrs=True,
-        use_signed_tpos_enc_to_obj_ptrs=True,
+        add_tpos_enc_to_obj_ptrs=v21,
+        proj_tpos_enc_in_obj_ptrs=v21,
+        use_signed_tpos_enc_to_obj_ptrs=v21,
         only_obj_ptrs_in_the_past_for_eval=True,
         pred_obj_scores=True,
         pred_obj_scores_mlp=True,

@@ -12,8 +12,9 @@ the hard-coded 1024 px / 64 x 64 grid and the CUDA-only code). Pipeline per quer
 3. box prompt = extent of the pseudo-mask (full image when empty);
 4. PMA decoder (:mod:`.pma`): box-prompted, attention weighted by the pseudo-mask -> mask.
 
-3-D (:meth:`SAM2SGP.segment_stack`): slices in order; the memory is the selected supports plus
-a FIFO bank (``bank_size``) of the model's own previous-slice memories.
+3-D (:meth:`SAM2SGP.segment_stack`, inference and training): slices in order; the memory is
+the selected supports plus a FIFO bank (``bank_size``) of the model's own previous-slice
+memories.
 
 SAM2 lives under ``sam2.*`` with its official names (plus ``lora_*`` factors), so an official
 checkpoint's ``model`` dict loads into it strictly (:func:`.weights.load_sam2_weights`).
@@ -56,9 +57,13 @@ class SAM2SGP(nn.Module):
         support_size: supports per query (``k``; released: 1 in 2-D, 4 in 3-D).
         train_selection: ``"multinomial"`` (released, training only) or ``"topk"``.
         normalize: ImageNet mean/std on the [0, 1] input (SAM2's training; released: off).
-        pma_depth / pma_heads / pma_mlp_dim / pma_final_dim / pma_renormalise / token_mixer:
-            :class:`.pma.PMADecoder` (the 4096-d released token mixer is off by default).
-        sam2_checkpoint: official SAM2 checkpoint (``sam2.1_hiera_small.pt``) loaded strictly.
+        pma_depth / pma_heads / pma_mlp_dim / pma_final_dim / pma_renormalise / token_mixer /
+            pma_code_compat: :class:`.pma.PMADecoder` (the 4096-d released token mixer is off
+            by default; ``pma_code_compat=True`` reproduces the released, inert PMA).
+        sam2_version: ``"2.1"`` (``sam2.1_hiera_*.pt``) or ``"2.0"`` (``sam2_hiera_*.pt``, the
+            paper's): which SAM2 layout is built (:mod:`.builder`).
+        sam2_checkpoint: official SAM2 checkpoint of that version (``sam2.1_hiera_small.pt``)
+            loaded strictly.
         init_pma_from_sam: with a checkpoint, start the PMA decoder from SAM2's decoder
             weights where names and shapes agree (released: random init).
 
@@ -99,6 +104,8 @@ class SAM2SGP(nn.Module):
         pma_final_dim: int = 16,
         pma_renormalise: bool = True,
         token_mixer: bool = False,
+        pma_code_compat: bool = False,
+        sam2_version: str = "2.1",
         sam2_checkpoint: str | None = None,
         init_pma_from_sam: bool = True,
     ) -> None:
@@ -129,6 +136,7 @@ class SAM2SGP(nn.Module):
             memory_ffn=memory_ffn,
             fuser_layers=fuser_layers,
             num_maskmem=num_maskmem,
+            sam2_version=sam2_version,
         )
         grid = image_size // 16
         self.pma_decoder = PMADecoder(
@@ -139,6 +147,7 @@ class SAM2SGP(nn.Module):
             final_dim=pma_final_dim,
             renormalise=pma_renormalise,
             token_mixer_tokens=grid * grid if token_mixer else 0,
+            code_compat=pma_code_compat,
         )
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
@@ -267,15 +276,24 @@ class SAM2SGP(nn.Module):
 
     def segment_stack(
         self,
-        images: Tensor,
+        images: Tensor | Features,
         support: Support,
         *,
         bank_size: int = 16,
         k: int | None = None,
+        exclude: Tensor | None = None,
+        generator: torch.Generator | None = None,
         progress=None,
     ) -> dict[str, Tensor]:
-        """3-D: slices ``(N, C, S, S)`` in order, each conditioned on the supports and on a FIFO
-        bank of at most ``bank_size`` memories of its predecessors' predictions.
+        """3-D: slices in order, each conditioned on the supports and on a FIFO bank of at most
+        ``bank_size`` memories of its predecessors' predictions (differentiable: 3-D training
+        back-propagates through the bank).
+
+        Args:
+            images: slices ``(N, C, S, S)`` (encoded one at a time, so any ``N``) or their
+                :class:`Features` (training: a chunk encoded in one batch).
+            exclude: ``(M,)`` bool, supports no slice may use (training: the chunk's own case).
+            generator: training-time stochastic support pick (as :meth:`predict`).
 
         Returns ``logits (N, 1, S, S)``, ``pseudo_logits``, ``boxes (N, 4)`` and
         ``bank_sizes (N,)`` (memories in the bank when each slice was segmented).
@@ -286,8 +304,11 @@ class SAM2SGP(nn.Module):
         past: list[tuple[Tensor, Tensor]] = []  # (memory, pos without temporal encoding)
         sizes = []
         n_tpos = self.sam2.num_maskmem
-        for i in range(images.shape[0]):
-            feats = self.encode_images(images[i : i + 1])
+        for i in range(len(images)):
+            if isinstance(images, Features):
+                feats = images.select([i])
+            else:
+                feats = self.encode_images(images[i : i + 1])
             bank = None
             if past:
                 tpos = [
@@ -302,7 +323,14 @@ class SAM2SGP(nn.Module):
                     None,
                 )
             sizes.append(len(past))
-            res = self.predict(feats, support, k=k, bank=bank)
+            res = self.predict(
+                feats,
+                support,
+                k=k,
+                bank=bank,
+                exclude=None if exclude is None else exclude[None],
+                generator=generator,
+            )
             for key in out:
                 out[key].append(res[key])
             if bank_size:
@@ -316,13 +344,15 @@ class SAM2SGP(nn.Module):
 
 
 def sam2_sgp_hiera_s(**overrides: object) -> SAM2SGP:
-    """The paper's configuration: SAM2(.1) Hiera-S at 1024 px, LoRA 16 (random init; pass
-    ``sam2_checkpoint=".../sam2.1_hiera_small.pt"`` or ``sam2_hiera_small.pt``)."""
+    """The paper's configuration: SAM2 Hiera-S at 1024 px, LoRA 16 (random init; pass
+    ``sam2_checkpoint=".../sam2.1_hiera_small.pt"``, or ``sam2_version="2.0"`` with
+    ``sam2_hiera_small.pt``, the SAM 2.0 file the paper used)."""
     return SAM2SGP(**overrides)  # type: ignore[arg-type]
 
 
 def sam2_sgp_hiera_t(**overrides: object) -> SAM2SGP:
-    """Hiera-T variant (``sam2.1_hiera_tiny.pt``): stages (1, 2, 7, 2), global (5, 7, 9)."""
+    """Hiera-T variant (``sam2.1_hiera_tiny.pt``; ``sam2_version="2.0"``: ``sam2_hiera_tiny.pt``):
+    stages (1, 2, 7, 2), global (5, 7, 9)."""
     config = {"stages": (1, 2, 7, 2), "global_att_blocks": (5, 7, 9)}
     return SAM2SGP(**{**config, **overrides})  # type: ignore[arg-type]
 

@@ -14,6 +14,11 @@ SAM-style upscaling with the high-resolution features; a skip that concatenates 
 decoder's upscaled embedding; two more transposed convolutions to 4x the low-res size
 (= the input size); 5-layer hypernetwork MLPs. Parameter names follow SAM's decoder where the
 shapes agree, so it can be initialised from SAM2's mask decoder.
+
+``code_compat=True`` reproduces the released, degenerate behaviour for comparison: the pseudo-mask
+and the token mixer's map go through a softmax over their size-1 channel (all ones), so the
+pseudo-mask changes nothing, the embedding is doubled (``src + src * 1``) and the token mixer gets
+no gradient.
 """
 
 from __future__ import annotations
@@ -131,6 +136,7 @@ class PMADecoder(nn.Module):
         final_dim: channels after the two extra transposed convolutions (released: 16).
         renormalise: renormalise token -> image attention after weighting.
         token_mixer_tokens: ``N`` for the optional :class:`TokenMixer`; 0 = off (default).
+        code_compat: the released, inert PMA (module docstring); default off.
 
     ``forward(image_embeddings (B, C, g, g), image_pe (1, C, g, g), sparse (B, T, C),
     dense (B, C, g, g), high_res (feat_s0 (B, C/8, 4g, 4g), feat_s1 (B, C/4, 2g, 2g)),
@@ -148,9 +154,10 @@ class PMADecoder(nn.Module):
         final_dim: int = 16,
         renormalise: bool = True,
         token_mixer_tokens: int = 0,
+        code_compat: bool = False,
     ) -> None:
         super().__init__()
-        self.renormalise = renormalise
+        self.renormalise, self.code_compat = renormalise, code_compat
         self.mask_tokens = nn.Embedding(num_mask_tokens, dim)
         self.layers = nn.ModuleList(_Block(dim, num_heads, mlp_dim, i == 0) for i in range(depth))
         self.final_attn_token_to_image = MaskedAttention(dim, num_heads, 2)
@@ -190,8 +197,11 @@ class PMADecoder(nn.Module):
         if self.token_mixer is not None:
             if msk_feat is None or msk_feat.shape[-1] != h * w:
                 raise ValueError(f"token mixer needs msk_feat (B, T, {h * w})")
-            gate = torch.sigmoid(self.token_mixer(msk_feat)).view(b, 1, h, w)
+            mixed = self.token_mixer(msk_feat).view(b, 1, h, w)
+            gate = torch.softmax(mixed, 1) if self.code_compat else torch.sigmoid(mixed)
             src = src + src * gate
+        if self.code_compat:  # the release: softmax over a size-1 channel = all ones
+            pseudo_prob = torch.softmax(pseudo_prob, 1)
         tokens = torch.cat([self.mask_tokens.weight.expand(b, -1, -1), sparse], 1)
         keys = src.flatten(2).transpose(1, 2)
         key_pe = image_pe.flatten(2).transpose(1, 2).expand(b, -1, -1)
