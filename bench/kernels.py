@@ -14,7 +14,10 @@ Workloads (B = 1, h = 4 heads, d = 32, float32; the square map has side sqrt(N))
   changes with every image.
 - ``window``: 8 x 8 window self-attention; the dense baseline's ``N x N`` window mask is built
   once per shape, outside the timing (it is static).
-- ``linear``: rows from ``bench/kernels_linear.py`` (its ``run(args)``) when that file exists.
+- ``linear``: ``bench/kernels_linear.py`` measures (its ``run(args)``) and reports (its
+  ``report(rows)``: the table, then the target lines: speed-ups vs softmax SDPA at 16,384 and
+  65,536, time(65,536) / time(4,096), peak memory of the torch path and of SDPA). Its baseline is
+  softmax SDPA over all tokens, its peak memory the resident-set high-water mark (see there).
 
 Method: ``fwd`` times the forward call; ``fwd+bwd`` the forward plus ``backward`` of a fixed
 random output gradient. Each time is the median of ``--repeats`` runs after one warm-up (the
@@ -61,10 +64,9 @@ def main() -> None:
           f"other processes used {busy:.0%} of the CPUs when timing started")  # fmt: skip
     for op in ("region", "window", "linear") if args.op == "all" else (args.op,):
         if op == "linear":
-            rows = _linear_rows(args)
+            _print_linear(args)
         else:
-            rows = [row for n in args.sizes for row in _bench_op(op, n, args)]
-        _print_table(op, rows)
+            _print_table(op, [row for n in args.sizes for row in _bench_op(op, n, args)])
     print(f"\nother processes used {_busy_share():.0%} of the CPUs at the end")
 
 
@@ -255,15 +257,17 @@ def _sync(x: torch.Tensor) -> None:
         torch.cuda.synchronize()
 
 
-def _linear_rows(args: argparse.Namespace) -> list[dict]:
+def _print_linear(args: argparse.Namespace) -> None:
+    """Linear attention: measured and reported by ``bench/kernels_linear.py`` (one source)."""
     path = Path(__file__).with_name("kernels_linear.py")
     if not path.exists():
         print(f"\nlinear: {path.name} not found, skipped")
-        return []
+        return
     spec = importlib.util.spec_from_file_location("kernels_linear", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.run(args)
+    print("\n### linear\n")
+    print(module.report(module.run(args)), flush=True)
 
 
 def _print_table(op: str, rows: list[dict]) -> None:

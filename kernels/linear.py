@@ -21,7 +21,9 @@ Paths (``linear_attention`` dispatches, see :func:`kernels._dispatch.resolve_imp
   and ``mean k`` per head, the second writes the outputs chunk by chunk. A custom autograd
   function saves only ``q, k, v`` and the small state, and its backward is two chunked passes
   too (``dq`` and the ``dS``/``d mean k`` reductions over ``q``, then ``dk``/``dv`` over
-  ``k, v``). Float32 temporaries are chunk-sized; bf16/fp16 inputs are accumulated in float32;
+  ``k, v``). Per chunk the forward runs two batched GEMMs and the backward four, each on a
+  head-major float32 copy of the chunk. Float32 temporaries are chunk-sized; bf16/fp16
+  inputs are accumulated in float32;
 - ``"triton"``: the same two passes as Triton kernels, forward and backward
   (:mod:`kernels._triton_linear`).
 
@@ -108,7 +110,7 @@ def linear_attention_torch(
         raise ValueError(f"{_OP}: chunk_size must be a positive int, got {chunk_size!r}")
     tables = None
     if rope is not None:  # cast the small tables first, then broadcast (views, no copy)
-        tables = _expand_rope(tuple(t.to(_acc_dtype(q)) for t in rope), q)
+        tables = _heads_rope(_expand_rope(tuple(t.to(_acc_dtype(q)) for t in rope), q))
     return _ChunkedLinearAttention.apply(q, k, v, tables, eps, chunk_size)
 
 
@@ -143,23 +145,22 @@ def linear_attention_reference(
 
 
 class _ChunkedLinearAttention(torch.autograd.Function):
-    """Two chunked passes forward and backward; saves ``q, k, v`` and the ``(d, d_v)`` state."""
+    """Two chunked passes forward and backward; saves ``q, k, v``, ``S`` and ``kbar``.
+
+    Each chunk is copied to head-major ``(B, h, C, c)`` float32 (in cache, cheap), so every
+    product is one batched GEMM on contiguous matrices, and the normaliser is a row-vector
+    product ``kbar q^T``. Backward needs no recomputed numerator: with ``g' = g / den`` and
+    ``P = g' S^T`` (the numerator's part of ``dq``), ``sum_e num_e g'_e = rot(q) . P``.
+    """
 
     @staticmethod
     def forward(ctx, q, k, v, rope, eps, chunk):
-        state, kbar = _reduce_state(k, v, rope, chunk)
-        acc = state.dtype
+        state, kbar = _reduce_state(k, v, rope, chunk)  # (B, h, d, d_v), (B, h, 1, d)
         out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
-        both_mat = torch.cat((state, kbar[..., None]), -1) if rope is None else None
         for sl, rc in _chunks(q.shape[1], chunk, rope):
-            qc = q[:, sl].to(acc)
-            if rc is None:  # one GEMM gives numerator and normaliser
-                both = torch.einsum("bnhd,bhde->bnhe", qc, both_mat)
-                num, den = both[..., :-1], both[..., -1:]
-            else:
-                num = torch.einsum("bnhd,bhde->bnhe", rotate_pairs(qc, rc), state)
-                den = torch.einsum("bnhd,bhd->bnh", qc, kbar)[..., None]
-            torch.div(num, den + eps, out=out[:, sl])
+            qc = _heads_first(q[:, sl], state.dtype)  # (B, h, C, d)
+            num = rotate_pairs(qc, rc) @ state
+            torch.div(num, _normaliser(qc, kbar, eps), out=out[:, sl].transpose(1, 2))
         ctx.save_for_backward(q, k, v, state, kbar, *(() if rope is None else rope))
         ctx.eps, ctx.chunk = eps, chunk
         return out
@@ -172,20 +173,20 @@ class _ChunkedLinearAttention(torch.autograd.Function):
         n, chunk, acc = q.shape[1], ctx.chunk, state.dtype
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         d_state = torch.zeros_like(state)  # (B, h, d, d_v)
-        d_kbar = torch.zeros_like(kbar)  # (B, h, d)
+        d_kbar = torch.zeros_like(kbar)  # (B, h, 1, d)
         dq = torch.empty_like(q) if need_q else None
         for sl, rc in _chunks(n, chunk, rope):
-            qc, gc = q[:, sl].to(acc), grad[:, sl].to(acc)
+            qc = _heads_first(q[:, sl], acc)  # (B, h, C, d)
+            den = _normaliser(qc, kbar, ctx.eps)  # (B, h, C, 1)
+            g_num = grad[:, sl].transpose(1, 2) / den  # d loss / d numerator: (B, h, C, d_v)
             qr = rotate_pairs(qc, rc)
-            den = torch.einsum("bnhd,bhd->bnh", qc, kbar)[..., None] + ctx.eps  # (B, C, h, 1)
-            g_num = gc / den  # d loss / d numerator
-            num = torch.einsum("bnhd,bhde->bnhe", qr, state)
-            g_den = num.mul_(g_num).sum(-1).div_(den[..., 0])  # minus dL/d den: (B, C, h)
+            part = g_num @ state.transpose(-1, -2)  # d loss / d rot(q): (B, h, C, d)
+            g_den = torch.linalg.vecdot(qr, part).unsqueeze(-1).div_(den)  # minus dL/d den
             if need_q:
-                dqc = _unrotate(torch.einsum("bnhe,bhde->bnhd", g_num, state), rc)
-                dq[:, sl] = dqc.addcmul_(g_den[..., None], kbar[:, None], value=-1)
-            d_state += torch.einsum("bnhd,bnhe->bhde", qr, g_num)
-            d_kbar -= torch.einsum("bnh,bnhd->bhd", g_den, qc)
+                dqc = _unrotate(part, rc).addcmul_(g_den, kbar, value=-1)
+                dq[:, sl].transpose(1, 2).copy_(dqc)
+            d_state += qr.transpose(-1, -2) @ g_num
+            d_kbar -= g_den.transpose(-1, -2) @ qc
         if not (need_k or need_v):
             return dq, None, None, None, None, None
         d_state /= n
@@ -193,32 +194,53 @@ class _ChunkedLinearAttention(torch.autograd.Function):
         dk = torch.empty_like(k) if need_k else None
         dv = torch.empty_like(v) if need_v else None
         for sl, rc in _chunks(n, chunk, rope):
-            kc, vc = k[:, sl].to(acc), v[:, sl].to(acc)
             if need_k:
-                dkc = _unrotate(torch.einsum("bnhe,bhde->bnhd", vc, d_state), rc)
-                dk[:, sl] = dkc.add_(d_kbar[:, None])
+                vc = _heads_first(v[:, sl], acc)
+                dkc = _unrotate(vc @ d_state.transpose(-1, -2), rc).add_(d_kbar)
+                dk[:, sl].transpose(1, 2).copy_(dkc)
             if need_v:
-                dv[:, sl] = torch.einsum("bnhd,bhde->bnhe", rotate_pairs(kc, rc), d_state)
+                kr = rotate_pairs(_heads_first(k[:, sl], acc), rc)
+                dv[:, sl].transpose(1, 2).copy_(kr @ d_state)
         return dq, dk, dv, None, None, None
 
 
 def _reduce_state(k: Tensor, v: Tensor, rope: Rope | None, chunk: int) -> tuple[Tensor, Tensor]:
-    """``S = sum_m rot(k[m]) v[m]^T / N`` ``(B, h, d, d_v)`` and ``mean_m k[m]`` ``(B, h, d)``,
-    accumulated in float32 (float64 for float64 inputs) over chunks of ``N``."""
+    """``S = sum_m rot(k[m]) v[m]^T / N`` ``(B, h, d, d_v)`` and ``kbar = mean_m k[m]``
+    ``(B, h, 1, d)``, accumulated in float32 (float64 for float64 inputs) over chunks."""
     batch, n, heads, dim = k.shape
     acc = _acc_dtype(k)
     state = k.new_zeros(batch, heads, dim, v.shape[-1], dtype=acc)
+    kbar = k.new_zeros(batch, heads, 1, dim, dtype=acc)
     for sl, rc in _chunks(n, chunk, rope):
-        kr = rotate_pairs(k[:, sl].to(acc), rc)
-        state += torch.einsum("bnhd,bnhe->bhde", kr, v[:, sl].to(acc))
-    return state.div_(n), k.sum(1, dtype=acc).div_(n)
+        kc = _heads_first(k[:, sl], acc)  # (B, h, C, d)
+        state += rotate_pairs(kc, rc).transpose(-1, -2) @ _heads_first(v[:, sl], acc)
+        kbar += kc.sum(-2, keepdim=True)
+    return state.div_(n), kbar.div_(n)
+
+
+def _normaliser(qc: Tensor, kbar: Tensor, eps: float) -> Tensor:
+    """``q . kbar + eps``: ``(B, h, C, d), (B, h, 1, d) -> (B, h, C, 1)`` (a row-vector product:
+    the column form ``q @ kbar^T`` is several times slower on CPU)."""
+    return (kbar @ qc.transpose(-1, -2)).transpose(-1, -2).add_(eps)
+
+
+def _heads_first(x: Tensor, acc: torch.dtype) -> Tensor:
+    """``(B, C, h, c)`` -> contiguous ``(B, h, C, c)`` in ``acc``."""
+    x = x.transpose(1, 2)
+    return x.contiguous() if x.dtype == acc else x.to(acc, memory_format=torch.contiguous_format)
+
+
+def _heads_rope(rope: Rope) -> Rope:
+    """``(N, h, d // 2)`` tables -> ``(h, N, d // 2)`` views, matching head-major chunks."""
+    return tuple(t.transpose(0, 1) for t in rope)  # type: ignore[return-value]
 
 
 def _chunks(n: int, chunk: int, rope: Rope | None):
-    """Yield ``(slice over N, RoPE tables of that slice ((C, h, d // 2) each) or None)``."""
+    """Yield ``(slice over N, head-major RoPE tables of that slice ((h, C, d // 2) each) or
+    None)``; ``rope`` holds ``(h, N, d // 2)`` tables (:func:`_heads_rope`)."""
     for start in range(0, n, chunk):
         sl = slice(start, min(start + chunk, n))
-        yield sl, None if rope is None else (rope[0][sl], rope[1][sl])
+        yield sl, None if rope is None else (rope[0][:, sl], rope[1][:, sl])
 
 
 def _acc_dtype(x: Tensor) -> torch.dtype:
@@ -244,16 +266,16 @@ def _expand_rope(rope: Rope, q: Tensor) -> Rope:
 
 
 def _default_chunk(q: Tensor, v: Tensor) -> int:
-    """Tokens per chunk so a float32 chunk of ``q`` or ``v`` is about 4 MiB (at least 64).
+    """Tokens per chunk so a float32 chunk of ``q`` or ``v`` is about 1 MiB (at least 64).
 
-    A trade-off measured on 2 cores at N = 65,536, h * d = 128: with one thread, 2k-4k-token
-    chunks are as fast as the unchunked reference forward and 2.4x faster forward+backward,
-    16k-token chunks 1.5x slower backward (temporaries fall out of cache) and use more memory;
-    with two threads on a loaded machine every op waits for both threads, so fewer, larger
-    chunks win (4k-token chunks were up to 3x slower than one 16k chunk at N = 16,384).
+    Measured on the 2-core dev CPU (1 MiB L2 per core, 2 threads), forward + backward: at
+    N = 65,536, h = 4, d = 32, 1-2 MiB chunks (2k-4k tokens) take 0.85x the time of 4 MiB ones
+    (106 vs 123 ms) and are as fast at N = 4,096; on HER-Seg's shapes with RoPE (B = 2,
+    N = 4,096, h = 6 / 24, d = 16 / 4) 1 MiB chunks take 0.5-0.6x the time of one 4 MiB chunk,
+    because the per-chunk temporaries then stay in L2.
     """
     per_token = q.shape[0] * q.shape[2] * max(q.shape[3], v.shape[3])
-    return max(64, (1 << 20) // per_token)
+    return max(64, (1 << 18) // per_token)
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, rope: Rope | None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -223,6 +224,7 @@ def test_tiny_overfits_two_images():
 def test_trains_through_the_cli_and_segments_from_the_checkpoint(tmp_path):
     from training_kit import make_prepared, tiny_config
 
+    from medseg.cli.main import main as medseg_main
     from medseg.cli.train import main
     from medseg.inference.automatic import AutomaticSegmenter
     from medseg.io import load_volume
@@ -247,4 +249,64 @@ def test_trains_through_the_cli_and_segments_from_the_checkpoint(tmp_path):
     assert seg.window_dependent and seg._roi((512, 512)) == seg.patch
     image = tmp_path / "raw" / "imagesTr" / "case_000.nii.gz"
     out = seg.segment(image)
-    assert out.labels.array.shape == load_volume(image).array.shape
+    source = load_volume(image)
+    assert out.labels.array.shape == source.array.shape
+    # and through `medseg segment --checkpoint` (automatic mode chosen from the checkpoint)
+    folder = tmp_path / "segment_out"
+    argv = ["segment", str(image), "-o", str(folder), "--checkpoint", str(ckpt)]
+    assert medseg_main(argv) == 0
+    written = load_volume(folder / "case_000_seg.nii.gz")
+    assert written.array.shape == source.array.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)
+    assert set(np.unique(written.array).tolist()) <= {0, 1, 2}
+
+
+def test_bench_step_timing_and_its_guards(capsys):
+    """bench/her_seg.py's step timing in this process (torch path only: Triton needs CUDA or
+    the interpreter, see the slow test below) and its one-line refusal of a missing GPU."""
+    from bench.her_seg import main, time_impls
+
+    timings = time_impls("tiny", 32, "cpu", impls=("torch",), steps=2)
+    assert timings["torch"]["ms"] > 0 and math.isfinite(timings["torch"]["loss"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            main(["--device", "cuda"])
+        assert "no CUDA device here; use --device cpu or auto" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--device", "cpu", "--size", "40"])
+    assert "multiple of 16" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bench_runs_on_cpu_and_times_triton_against_torch(tmp_path):
+    """bench/her_seg.py on the tiny preset: the CPU table (GPU rows say why they are missing),
+    and its Triton-vs-torch step timing, run here in Triton's interpreter in a fresh process
+    (the variable must be set before triton is imported): both impls give the same loss."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import json, torch\n"
+        "from bench.her_seg import main, time_impls\n"
+        "main(['--device', 'cpu', '--preset', 'tiny', '--size', '32'])\n"
+        "print(json.dumps(time_impls('tiny', 32, 'cpu', steps=1)))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True,
+        encoding="utf-8", timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.strip().splitlines()
+    table = "\n".join(lines[:-1])
+    assert "| training memory, batch 1 (CPU peak RSS) |" in table
+    if not torch.cuda.is_available():
+        assert "Triton vs torch linear attention | not measured on GPU (no CUDA) |" in table
+    timings = json.loads(lines[-1])
+    assert set(timings) == {"torch", "triton"}
+    assert all(t["ms"] > 0 for t in timings.values())
+    assert timings["triton"]["loss"] == pytest.approx(timings["torch"]["loss"], rel=1e-4)

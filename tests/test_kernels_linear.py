@@ -321,3 +321,40 @@ def test_bench_runs_on_a_tiny_size() -> None:
     assert [r["path"] for r in rows] == ["torch", "reference", "sdpa"]
     assert rows[0]["max_abs_err"] < 1e-5 and rows[0]["fwd_vs_sdpa"] > 0
     assert "| h4 d32 | 256 | torch |" in bench.table(rows)
+    # the summary names every target, measured or not (N = 256 measures none of them)
+    lines = bench.summary(rows).splitlines()
+    assert lines == [
+        "- h4 d32, N=16384: torch vs SDPA not measured in this run (target >= 30x)",
+        "- h4 d32, N=65536: torch vs SDPA not measured in this run (target >= 50x)",
+        "- h4 d32: torch time(65,536) / time(4,096) not measured in this run "
+        "(needs both sizes; target <= 20)",
+    ]
+    # a measured target line carries both paths' peaks (fake rows: the numbers are the test's)
+    fake = [dict(r, N=16_384) for r in rows]
+    for r in fake:
+        r["fwd_vs_sdpa"], r["fwd_bwd_vs_sdpa"] = 100.0, 50.0
+        r["peak_fwd_mib"], r["peak_fwd_bwd_mib"] = 1.0, 2.0
+    assert (
+        "- h4 d32, N=16384: torch vs SDPA fwd 100x, fwd+bwd 50x (target >= 30x); "
+        "peak fwd / fwd+bwd MiB: torch 1 / 2, SDPA 1 / 2" in bench.summary(fake)
+    )
+
+
+def test_bench_kernels_prints_the_linear_report(monkeypatch, capsys) -> None:
+    """``python -m bench.kernels --op linear`` prints bench/kernels_linear.py's table and target
+    lines (one source of truth: bench/kernels.py only calls its ``run`` and ``report``)."""
+    import sys
+
+    from bench import kernels as bench_kernels
+
+    argv = ["bench.kernels", "--op", "linear", "--sizes", "256", "--repeats", "1", "--wait", "0"]
+    monkeypatch.setattr(sys, "argv", argv)
+    threads = torch.get_num_threads()
+    try:
+        bench_kernels.main()
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "### linear" in out and "| h4 d32 | 256 | sdpa |" in out
+    assert "torch vs SDPA not measured in this run (target >= 50x)" in out
+    assert "time(65,536) / time(4,096) not measured in this run" in out

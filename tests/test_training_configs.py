@@ -24,11 +24,13 @@ def test_every_model_and_dataset_has_an_experiment():
         for d in ("acdc", "task01", "task02", "task04")
     } | {
         "her_seg_task02",
+        "her_seg_task09",
         "rat_acdc",
         "rat_task02",
         "rat_task09_lowdose",
         "disgan_task01",
         "disgan_task02",
+        "sam2_sgp_task02_3d",
     }
 
 
@@ -42,7 +44,8 @@ def test_print_config(path, capsys):
         "medseg.engine.RestorationTask": "medseg.data.RestorationDataModule",
         "medseg.engine.AdversarialRestorationTask": "medseg.data.RestorationDataModule",
     }
-    assert pairs[cfg["model"]["class_path"]] == cfg["data"]["class_path"]
+    data = cfg["data"]["class_path"].replace("SliceChunkDataModule", "SegmentationDataModule")
+    assert pairs[cfg["model"]["class_path"]] == data
     assert not Path(cfg["data"]["init_args"]["prep_dir"]).is_absolute()  # no hard-coded paths
     assert cfg["trainer"]["accelerator"] == "gpu"
     if cfg["model"]["class_path"] == "medseg.engine.AdversarialRestorationTask":
