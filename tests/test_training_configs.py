@@ -34,6 +34,14 @@ def test_every_model_and_dataset_has_an_experiment():
     }
 
 
+def test_shipped_configs_are_ascii():
+    """jsonargparse reads configs in the locale's encoding: under an ASCII locale (CI, many
+    containers) one non-ASCII character makes a shipped config unreadable."""
+    for path in sorted(Path(CONFIGS).rglob("*.yaml")):
+        text = path.read_bytes()
+        assert text.isascii(), f"{path}: byte {next(b for b in text if b > 127):#x} is not ASCII"
+
+
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_print_config(path, capsys):
     assert main(["fit", "--config", str(path), "--print_config"]) == 0
