@@ -74,13 +74,9 @@ def test_box_from_pseudo_mask_and_full_image_when_empty():
     assert boxes[1].tolist() == [0.0, 0.0, 63.0, 63.0]
 
 
-def test_pma_output_changes_with_the_pseudo_mask():
-    """Regression: the released PMA is a no-op (channel softmax of a 1-channel mask)."""
-    torch.manual_seed(0)
-    net = tiny().eval()
-    pma = net.pma_decoder
-    b, c, g = 1, 32, 4
-    args = dict(
+def _pma_inputs(b: int, c: int, g: int) -> dict:
+    """Random PMA decoder inputs: batch ``b``, width ``c``, ``g x g`` token grid."""
+    return dict(
         image_embeddings=torch.randn(b, c, g, g),
         image_pe=torch.randn(1, c, g, g),
         sparse=torch.randn(b, 2, c),
@@ -88,6 +84,15 @@ def test_pma_output_changes_with_the_pseudo_mask():
         high_res=(torch.randn(b, c // 8, 4 * g, 4 * g), torch.randn(b, c // 4, 2 * g, 2 * g)),
         up_embed=torch.randn(b, c // 8, 4 * g, 4 * g),
     )
+
+
+def test_pma_output_changes_with_the_pseudo_mask():
+    """Regression: the released PMA is a no-op (channel softmax of a 1-channel mask)."""
+    torch.manual_seed(0)
+    net = tiny().eval()
+    pma = net.pma_decoder
+    b, c, g = 1, 32, 4
+    args = _pma_inputs(b, c, g)
     ones = torch.ones(b, 1, g, g)
     half = ones.clone()
     half[..., : g // 2] = 0.01
@@ -112,15 +117,7 @@ def test_code_compat_pma_reproduces_the_released_no_op():
     torch.manual_seed(0)
     pma = tiny(token_mixer=True, pma_code_compat=True).pma_decoder.eval()  # no dropout
     b, c, g = 2, 32, 4
-    args = dict(
-        image_embeddings=torch.randn(b, c, g, g),
-        image_pe=torch.randn(1, c, g, g),
-        sparse=torch.randn(b, 2, c),
-        dense=torch.randn(b, c, g, g),
-        high_res=(torch.randn(b, c // 8, 4 * g, 4 * g), torch.randn(b, c // 4, 2 * g, 2 * g)),
-        up_embed=torch.randn(b, c // 8, 4 * g, 4 * g),
-        msk_feat=torch.randn(b, 4, g * g),
-    )
+    args = _pma_inputs(b, c, g) | {"msk_feat": torch.randn(b, 4, g * g)}
     prob = torch.rand(b, 1, g, g)
     out = pma(pseudo_prob=prob, **args)
     assert torch.equal(out, pma(pseudo_prob=torch.rand_like(prob), **args))

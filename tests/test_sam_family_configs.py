@@ -10,31 +10,25 @@ import pytest
 import torch
 import yaml
 from test_promptable_task import TINY_DB_SAM, TINY_SGP
+from training_kit import smoke_argv
 
 from medseg.cli.main import main as medseg_main
 from medseg.cli.train import main
 from medseg.errors import ModelError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
 
 def _smoke(experiment: str, prep: Path, run: Path, net: dict, *extra: str) -> list[str]:
     sizes = [f"--model.init_args.net.init_args.{k}={json.dumps(v)}" for k, v in net.items()]
-    return [
-        "fit",
-        "--config",
-        str(CONFIGS / "experiments" / f"{experiment}.yaml"),
-        "--trainer",
-        str(CONFIGS / "trainer/cpu_smoke.yaml"),
-        f"--trainer.default_root_dir={run}",
-        f"--data.init_args.prep_dir={prep}",
-        "--data.init_args.num_workers=0",
+    return smoke_argv(
+        experiment,
+        prep,
+        run,
         "--data.init_args.patch_size=[32,32]",
         "--model.init_args.val_batch_size=4",
         "--model.init_args.hd95=false",
         *sizes,
         *extra,
-    ]
+    )
 
 
 def _msd(tmp: Path, **kw) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from training_kit import smoke_argv
 
 from medseg.cli.main import main as medseg_main
 from medseg.cli.train import main
@@ -81,21 +82,16 @@ def test_group_files_and_overrides_compose(capsys):
 
 
 def _smoke(experiment: str, prep: Path, run: Path, channels: str, *extra: str) -> list[str]:
-    return [
-        "fit",
-        "--config",
-        str(CONFIGS / "experiments" / f"{experiment}.yaml"),
-        "--trainer",
-        str(CONFIGS / "trainer/cpu_smoke.yaml"),
-        f"--trainer.default_root_dir={run}",
-        f"--data.init_args.prep_dir={prep}",
-        "--data.init_args.num_workers=0",
+    return smoke_argv(
+        experiment,
+        prep,
+        run,
         "--data.init_args.batch_size=1",
         "--data.init_args.samples_per_volume=2",
         f"--model.init_args.net.init_args.channels={channels}",
         "--model.init_args.sw_batch_size=1",
         *extra,
-    ]
+    )
 
 
 def test_unet_acdc_2d_smoke(tmp_path):

@@ -250,3 +250,20 @@ class Ballast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.inner(x) + 0.0 * self.ballast.sum()
+
+
+def smoke_argv(experiment: str, prep: Path, run: Path, *extra: str) -> list[str]:
+    """``medseg fit`` arguments running the shipped experiment config ``experiment`` on ``prep``
+    with the CPU smoke trainer (no workers), results under ``run``; ``extra`` are appended."""
+    configs = ROOT / "configs"
+    return [
+        "fit",
+        "--config",
+        str(configs / "experiments" / f"{experiment}.yaml"),
+        "--trainer",
+        str(configs / "trainer/cpu_smoke.yaml"),
+        f"--trainer.default_root_dir={run}",
+        f"--data.init_args.prep_dir={prep}",
+        "--data.init_args.num_workers=0",
+        *extra,
+    ]
