@@ -66,15 +66,10 @@ class StagedWrites:
         """
         target = Path(target)
         tmp = Path(self._mkstemp(target, suffix or target.suffix))
-        try:
+        with output_errors(target):
             write(str(tmp))
             fsync_path(tmp)
             os.chmod(tmp, default_mode())
-        except OSError as e:
-            raise output_error(e, target) from e
-        except OutputError as e:
-            e.path = e.path or str(target)
-            raise
         self._moves.append((tmp, target))
 
     def stage_bytes(self, target: Path, data: bytes) -> None:
@@ -162,6 +157,18 @@ def fsync_path(path: Path) -> None:
             raise  # a file must fsync
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def output_errors(target: Path) -> Iterator[None]:
+    """Writing ``target``: ``OSError`` becomes :class:`OutputError`, which names ``target``."""
+    try:
+        yield
+    except OSError as e:
+        raise output_error(e, target) from e
+    except OutputError as e:
+        e.path = e.path or str(target)
+        raise
 
 
 def output_error(e: OSError, target: Path) -> OutputError:

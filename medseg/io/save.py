@@ -33,7 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError, OutputError
-from medseg.io.atomic import TEMP_PREFIX, StagedWrites, default_mode, fsync_path, output_error
+from medseg.io.atomic import (
+    TEMP_PREFIX,
+    StagedWrites,
+    default_mode,
+    fsync_path,
+    output_errors,
+)
 from medseg.io.checks import check_affine, to_label_array
 from medseg.io.sniff import extension_kind
 from medseg.io.volume import Volume
@@ -276,18 +282,13 @@ def _stage_mhd(staged: StagedWrites, target: Path, affine: np.ndarray, array: np
     folder = target.parent
     stem = target.name[: -len(".mhd")]
     tmpdir = staged.staging_folder(target)
-    try:
+    with output_errors(target):
         header = tmpdir / f"{stem}.mhd"
         _write_itk(str(header), "metaimage", affine, array)
         data = [f for f in tmpdir.iterdir() if f != header]
         for f in [*data, header]:
             fsync_path(f)
             os.chmod(f, default_mode())
-    except OSError as e:
-        raise output_error(e, target) from e
-    except OutputError as e:
-        e.path = e.path or str(target)
-        raise
     for f in data:
         staged.add(f, folder / f.name)
     staged.add(header, target)
