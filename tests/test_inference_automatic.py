@@ -216,6 +216,7 @@ def test_folder_of_inputs_runs_every_case_and_reports_failures(
     assert "notes.txt" in err.splitlines()[0]  # named, not silently skipped
     assert f"error: {folder / 'c.nii.gz'}: empty file" in err
     assert "1 of 3 case(s) failed: c.nii.gz" in err
+    assert f"warning: {folder / 'a.nii.gz'}: " in err  # qform != sform, shown even with --quiet
     for name in ("a", "b"):
         seg = nib.load(str(out / f"{name}_seg.nii.gz"))
         np.testing.assert_allclose(seg.affine, OBLIQUE, atol=1e-5)

@@ -157,7 +157,7 @@ def segment_case(args: argparse.Namespace, segmenter, path: Path, name: str):
     from medseg.io import load_volume, save_volume
 
     from .outputs import prepare_outputs
-    from .segment import write_outputs
+    from .segment import print_warnings, write_outputs
 
     started = time.perf_counter()
     files = [f"{name}_seg.nii.gz", f"{name}_stats.json", f"{name}_preview.png"]
@@ -170,6 +170,7 @@ def segment_case(args: argparse.Namespace, segmenter, path: Path, name: str):
         series_uid=args.series_uid,
         nan_policy=args.nan_policy,
     )
+    print_warnings(volume)
     result = segmenter.segment(volume, probabilities=args.save_probabilities)
     extra = {
         "inference": result.info,
