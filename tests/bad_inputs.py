@@ -439,6 +439,100 @@ def _pair(klass, name: str, drop_img: bool = False) -> Make:
     return make
 
 
+# --- detached headers: the voxel file a header names (issue 15: server file disclosure) -------
+_RAW = small_array((8, 7, 6), np.int16).tobytes(order="F")
+
+
+def _secret(t: Path) -> Path:
+    """A readable file outside the case folder: what a hostile header tries to show."""
+    secret = t.parent / f"{t.name}_secret.raw"
+    secret.write_bytes(_RAW)
+    return secret
+
+
+def _mhd_naming(name: str, data: Callable[[Path], str], header_size: bool = False) -> Make:
+    """A ``name`` (.mhd or .mha) header whose ``ElementDataFile`` is ``data(t)``."""
+
+    def make(t: Path) -> Path:
+        extra = "HeaderSize = -1\n" if header_size else ""
+        text = (
+            "ObjectType = Image\nNDims = 3\nDimSize = 8 7 6\nElementSpacing = 1 2 3\n"
+            f"ElementType = MET_SHORT\n{extra}ElementDataFile = {data(t)}\n"
+        )
+        (t / name).write_text(text, encoding="ascii")
+        return t / name
+
+    return make
+
+
+def _nrrd_naming(name: str, data: Callable[[Path], str]) -> Make:
+    """A detached NRRD header ``name`` whose ``data file:`` field is ``data(t)``."""
+
+    def make(t: Path) -> Path:
+        text = (
+            "NRRD0004\ntype: short\ndimension: 3\nsizes: 8 7 6\nspacings: 1 2 3\n"
+            f"endian: little\nencoding: raw\ndata file: {data(t)}\n\n"
+        )
+        (t / name).write_text(text, encoding="ascii")
+        return t / name
+
+    return make
+
+
+def _outside_absolute(t: Path) -> str:
+    return str(_secret(t))
+
+
+def _outside_climbing(t: Path) -> str:
+    return f"../{_secret(t).name}"
+
+
+def _link_leading_out(t: Path) -> str:
+    (t / "data.raw").symlink_to(_secret(t))
+    return "data.raw"
+
+
+def _fifo_data(t: Path) -> str:
+    os.mkfifo(t / "data.raw")
+    return "data.raw"
+
+
+def _urandom_link(t: Path) -> str:
+    (t / "data.raw").symlink_to("/dev/urandom")
+    return "data.raw"
+
+
+def _long_header(t: Path) -> Path:
+    """An NRRD whose text header does not end in the first 64 KiB (it could hide a data file)."""
+    head = "NRRD0004\ntype: short\ndimension: 3\nsizes: 8 7 6\n"
+    (t / "long.nrrd").write_text(head + "# padding\n" * 8000, encoding="ascii")
+    return t / "long.nrrd"
+
+
+DETACHED_CASES: list[tuple[str, Make, str, str]] = [
+    (f"{kind}_{case}", maker(f"hostile.{ext}", data), code, needle)
+    for kind, ext, maker in (("mhd", "mhd", _mhd_naming), ("nrrd", "nrrd", _nrrd_naming))
+    for case, data, code, needle in (
+        ("data_absolute", _outside_absolute, "not_allowed", "lies outside the header's folder"),
+        ("data_climbing", _outside_climbing, "not_allowed", "lies outside the header's folder"),
+        ("data_link_out", _link_leading_out, "not_allowed", "lies outside the header's folder"),
+        ("data_fifo", _fifo_data, "not_regular_file", "not a regular file (it is a FIFO"),
+        ("data_urandom", _urandom_link, "not_allowed", "lies outside the header's folder"),
+        ("data_dev_absolute", lambda t: "/dev/urandom", "not_allowed", "outside the header's"),
+        ("data_list", lambda t: "LIST", "unsupported_format", "split over several files"),
+        ("data_pattern", lambda t: "s%03d.raw 1 6 1", "unsupported_format", "several files"),
+    )
+] + [
+    (
+        "mha_headersize_absolute",
+        _mhd_naming("sized.mha", _outside_absolute, header_size=True),
+        "not_allowed",
+        "lies outside the header's folder",
+    ),
+    ("nrrd_header_over_64k", _long_header, "invalid_header", "no end of the text header"),
+]
+
+
 def _mhd_dimsize_lies(t: Path) -> Path:
     """A valid ``.mhd`` whose header claims 10x more slices than its ``.raw`` holds."""
     p = _itk_file(t, "lies.mhd")
@@ -635,7 +729,7 @@ CASES: list[tuple[str, Make, str, str]] = [
         "dicom_no_series",
         "no DICOM series",
     ),
-]
+] + DETACHED_CASES
 
 
 def make_all(tmp_dir: str | os.PathLike[str]) -> dict[str, tuple[Path, str]]:

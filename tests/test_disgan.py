@@ -315,6 +315,10 @@ def test_manual_generator_then_discriminator_step() -> None:
     opt_d.step()
     assert torch.isfinite(loss_d)
     assert _changed(g, g_after) == set()
-    assert _changed(d, d_before) == {n for n, _ in d.named_parameters()}
+    # D's last bias shifts D(HR) and D(SR) alike and cancels in the relativistic differences:
+    # its gradient is zero up to rounding, so it may or may not move. Every other weight moves.
+    names = [n for n, _ in d.named_parameters()]
+    assert names[-1].endswith("bias")
+    assert set(names[:-1]) <= _changed(d, d_before)
     fe_after = fe.state_dict()
     assert all(torch.equal(fe_after[k], v) for k, v in fe_before.items())

@@ -99,6 +99,29 @@ def test_server_paths_stay_under_root(scan, tmp_path):
         cb.open_server_path("scan.nii.gz", None, str(tmp_path))
 
 
+@pytest.mark.parametrize("kind", ["mhd", "nrrd"])
+@pytest.mark.parametrize("target", ["absolute", "climbing"])
+def test_headers_cannot_show_files_outside_their_folder(tmp_path, kind, target):
+    """Issue 15.1: a header under --root (or uploaded) naming a data file elsewhere is refused,
+    so the value read-out can never show another file's bytes."""
+    import bad_inputs
+
+    root = tmp_path / "root"
+    root.mkdir()
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bad_inputs.small_array((8, 7, 6), np.int16).tobytes(order="F"))
+    name = str(secret) if target == "absolute" else "../secret.raw"
+    maker = bad_inputs._mhd_naming if kind == "mhd" else bad_inputs._nrrd_naming
+    header = maker(f"hostile.{kind}", lambda t: name)(root)
+    for opened in (
+        lambda: cb.open_server_path(header.name, str(root), str(tmp_path)),
+        lambda: cb.open_file(str(header), str(tmp_path)),  # an upload lands as a path too
+    ):
+        with pytest.raises(gr.Error) as excinfo:
+            opened()
+        assert "lies outside the header's folder" in one_line_error(excinfo)
+
+
 def test_png_is_shown_as_drawn(tmp_path):
     from PIL import Image
 

@@ -15,6 +15,7 @@ complex and uint64 voxels are ``unsupported_dtype`` (no channel axis is guessed)
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.files import check_inside, check_regular_file, open_regular
 from medseg.io.checks import check_affine, check_size, check_spacing
 from medseg.io.nifti import select_volume
 from medseg.io.volume import Volume
@@ -31,6 +33,9 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: sniffed content kind -> the ITK ImageIO that reads/writes it
 IMAGE_IO = {"nrrd": "NrrdImageIO", "metaimage": "MetaImageIO"}
 _ELEMENT_FILE = re.compile(rb"^\s*ElementDataFile\s*=\s*(.+?)\s*$", re.MULTILINE)
+_NRRD_DATA_FILE = re.compile(rb"^data ?file\s*:\s*(.+?)\s*$", re.MULTILINE | re.IGNORECASE)
+#: longest text header read (bytes); NRRD and MetaImage headers are a few hundred bytes
+HEADER_MAX = 1 << 16
 
 
 def sitk_module() -> Any:
@@ -108,7 +113,7 @@ def read_itk(
     """
     sitk = sitk_module()
     where = str(path)
-    data = _metaimage_data(path, head) if kind == "metaimage" else None
+    data = detached_data(path, kind)
     reader = sitk.ImageFileReader()
     reader.SetFileName(where)
     reader.SetImageIO(IMAGE_IO[kind])  # the content decides, not ITK's case-sensitive extension
@@ -145,7 +150,7 @@ def read_itk(
         )
     select = select_volume(t, volume_index, where)
     check_size(size, _itemsize(sitk, pixel), max_bytes, where)
-    if data is not None:
+    if data is not None and kind == "metaimage":
         _check_metaimage_length(path, head, data, int(np.prod(size)) * _itemsize(sitk, pixel))
     check_spacing(reader.GetSpacing()[:3], where, what="spacing")
     affine = lps_to_affine(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
@@ -177,31 +182,71 @@ def _itemsize(sitk: Any, pixel: int) -> int:
     return sizes.get(pixel, 8)
 
 
-def _metaimage_data(path: Path, head: bytes) -> tuple[Path, int] | None:
-    """``(file holding the voxels, offset of the voxels)`` of a MetaImage, None if unknown.
+def detached_data(path: Path, kind: str) -> tuple[Path, int] | None:
+    """``(file holding the voxels, offset)`` of an NRRD/MetaImage, after the containment rule.
 
-    A ``.mhd`` names its voxel file in ``ElementDataFile``: refused (``not_found``) if missing.
-    For ``LOCAL`` (``.mha``) the voxels start after the ``ElementDataFile`` line.
+    A detached header (``.mhd``, or ``.nrrd`` with ``data file:``) names its voxel file: it must
+    be a regular file next to the header (:func:`medseg.files.check_inside`: no absolute path,
+    no ``..``, no symlink leading out), else ``not_allowed`` / ``not_found`` /
+    ``not_regular_file``. Multi-file data (``LIST`` or a file-name pattern) is refused. Attached
+    voxels (``.mha`` ``LOCAL``, ``.nrrd`` without ``data file``) give ``(path, offset)`` for a
+    MetaImage and None for an NRRD; None too when the header names no data (ITK then refuses).
     """
-    match = _ELEMENT_FILE.search(head)
-    if match is None or re.search(rb"^\s*HeaderSize\s*=", head, re.MULTILINE):
+    header = _read_header(path, kind)
+    pattern = _ELEMENT_FILE if kind == "metaimage" else _NRRD_DATA_FILE
+    match = pattern.search(header)
+    if match is None:
         return None
-    name = match.group(1).decode("utf-8", "replace")
+    name = match.group(1).decode("utf-8", "replace").strip()
+    if name.upper() == "LOCAL" and kind == "metaimage":
+        return path, header.index(b"\n", match.start()) + 1
     if name.upper().startswith("LIST") or "%" in name:
-        return None
-    if name.upper() == "LOCAL":
-        return path, head.index(b"\n", match.start()) + 1
-    data = path.parent / name
-    if not data.is_file():
+        raise InputError(
+            "unsupported_format",
+            f"voxel data split over several files ('{name}') is not supported; save the "
+            "volume as one .mha/.nrrd",
+            path=str(path),
+        )
+    data = check_inside(name, path.parent, named_by=path)
+    if not data.exists():
         raise InputError(
             "not_found", f"not found: voxel data file '{name}' named by the header", path=str(path)
         )
+    try:
+        check_regular_file(data, what=f"voxel data file '{name}' named by the header")
+    except InputError as err:  # the error names the file the user gave
+        raise InputError(err.code, err.message, path=str(path)) from None
     return data, 0
+
+
+def _read_header(path: Path, kind: str) -> bytes:
+    """The text header of an NRRD (up to the blank line) or MetaImage (up to its last field),
+    read through :func:`medseg.files.open_regular`; longer than :data:`HEADER_MAX` is refused."""
+    fd = open_regular(path)
+    try:
+        head = os.pread(fd, HEADER_MAX + 1, 0)
+    finally:
+        os.close(fd)
+    if kind == "nrrd":
+        end = min((i for i in (head.find(b"\n\n"), head.find(b"\r\n\r\n")) if i >= 0),
+                  default=-1)  # fmt: skip
+    else:
+        found = _ELEMENT_FILE.search(head)
+        end = -1 if found is None else head.find(b"\n", found.end()) + 1 or len(head)
+    if end < 0 and len(head) > HEADER_MAX:
+        raise InputError(
+            "invalid_header",
+            f"invalid header: no end of the text header in the first {HEADER_MAX} bytes",
+            path=str(path),
+        )
+    return head if end < 0 else head[:end]
 
 
 def _check_metaimage_length(path: Path, head: bytes, data: tuple[Path, int], raw: int) -> None:
     """Refuse short voxel data before ITK reads it (MetaIO would print to stderr first)."""
     fields = dict(re.findall(rb"^\s*(\w+)\s*=\s*(.*?)\s*$", head, re.MULTILINE))
+    if b"HeaderSize" in fields:  # the voxels sit at an offset the header chooses
+        return
     need = raw
     if fields.get(b"CompressedData", b"False").strip().lower() == b"true":
         try:

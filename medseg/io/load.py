@@ -43,7 +43,6 @@ actual content and the extension to rename it to (plain NIfTI named ``.nii.gz``,
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 import struct
@@ -52,6 +51,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from medseg.errors import InputError
+from medseg.files import describe_mode, open_regular, stat_path
 from medseg.io.checks import finish_image, to_label_array
 from medseg.io.sniff import READABLE, SUGGESTED_EXTENSION, Sniffed, extension_kind, sniff
 from medseg.io.volume import Volume
@@ -97,7 +97,7 @@ def load_volume(
         raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
     p = Path(path)
     where = str(p)
-    st = _stat(p)
+    st = stat_path(p)
     as_float = role == "image"
     warnings: list[str] = []
 
@@ -114,7 +114,9 @@ def load_volume(
     else:
         if not stat.S_ISREG(st.st_mode):
             raise InputError(
-                "not_regular_file", f"not a regular file (it is {_kind(st)})", path=where
+                "not_regular_file",
+                f"not a regular file (it is {describe_mode(st.st_mode)})",
+                path=where,
             )
         if st.st_size == 0:
             raise InputError("empty_file", "empty file (0 bytes)", path=where)
@@ -158,53 +160,13 @@ def load_volume(
     return vol
 
 
-def _stat(p: Path) -> os.stat_result:
-    """``os.stat`` (symlinks followed) that never opens the file; failures -> InputError."""
-    where = str(p)
-    try:
-        return os.stat(p)
-    except FileNotFoundError:
-        if os.path.islink(p):
-            raise InputError(
-                "not_found", f"not found (dangling symlink to {os.readlink(p)})", path=where
-            ) from None
-        raise InputError("not_found", "not found", path=where) from None
-    except PermissionError:
-        raise InputError("permission", "permission denied", path=where) from None
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise InputError("not_found", "not found (symlink loop)", path=where) from None
-        if e.errno in (errno.ENOTDIR, errno.ENAMETOOLONG):
-            raise InputError("not_found", f"not found ({e.strerror})", path=where) from None
-        raise InputError("not_found", f"cannot access ({e.strerror})", path=where) from None
-
-
-def _kind(st: os.stat_result) -> str:
-    mode = st.st_mode
-    if stat.S_ISFIFO(mode):
-        return "a FIFO/pipe"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a plain file"
-
-
 def _sniff(p: Path) -> Sniffed:
-    """Open without blocking (O_NONBLOCK), re-check it is regular, and sniff the content."""
-    where = str(p)
+    """Open without blocking, re-check it is regular (:func:`medseg.files.open_regular`), sniff."""
+    fd = open_regular(p)
     try:
-        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except PermissionError:
-        raise InputError("permission", "permission denied", path=where) from None
-    except OSError as e:
-        raise InputError("not_found", f"cannot open ({e.strerror})", path=where) from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):  # replaced between stat and open
-            raise InputError("not_regular_file", "not a regular file", path=where)
         return sniff(fd)
     except OSError as e:
-        raise InputError("truncated", f"cannot read the file ({e.strerror})", path=where) from None
+        raise InputError("truncated", f"cannot read the file ({e.strerror})", path=str(p)) from None
     finally:
         os.close(fd)
 
