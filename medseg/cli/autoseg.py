@@ -117,11 +117,13 @@ def run_automatic(args: argparse.Namespace) -> int:
     from medseg.inference.automatic import AutomaticSegmenter
     from medseg.io import cleanup_orphan_temps
 
-    from .batch import list_inputs, note_ignored, run_cases
+    from .batch import check_batch_outputs, list_inputs, note_ignored, run_cases
     from .outputs import prepare_outputs
 
     inputs, ignored = list_inputs(Path(args.input))
     note_ignored(args.input, ignored)
+    out = Path(args.output)
+    protect = check_batch_outputs(inputs, lambda name: [out / f for f in _files(args, name)])
     prepare_outputs(args.output, [], overwrite=args.overwrite, protect=[])  # folder usable?
     cleanup_orphan_temps(Path(args.output))
     batch = inputs != [Path(args.input)]
@@ -139,7 +141,7 @@ def run_automatic(args: argparse.Namespace) -> int:
     )
 
     def one(path: Path, name: str) -> None:
-        report, out_paths = segment_case(args, segmenter, path, name)
+        report, out_paths = segment_case(args, segmenter, path, name, protect=protect)
         _summary(args, out_paths, report)
 
     return run_cases(inputs, batch, one, quiet=args.quiet)
@@ -152,18 +154,24 @@ def _summary(args: argparse.Namespace, out_paths, report: dict) -> None:
         print_summary(out_paths, report)
 
 
-def segment_case(args: argparse.Namespace, segmenter, path: Path, name: str):
-    """One input -> its outputs; returns ``(report, out_paths)``."""
+def _files(args: argparse.Namespace, name: str) -> list[str]:
+    files = [f"{name}_seg.nii.gz", f"{name}_stats.json", f"{name}_preview.png"]
+    return files + [f"{name}_probabilities.nii.gz"] if args.save_probabilities else files
+
+
+def segment_case(args: argparse.Namespace, segmenter, path: Path, name: str, *, protect=()):
+    """One input -> its outputs; returns ``(report, out_paths)``. ``protect``: the other
+    inputs of the run, never overwritten."""
     from medseg.io import load_volume, save_volume
 
     from .outputs import prepare_outputs
     from .segment import print_warnings, write_outputs
 
     started = time.perf_counter()
-    files = [f"{name}_seg.nii.gz", f"{name}_stats.json", f"{name}_preview.png"]
-    if args.save_probabilities:
-        files.append(f"{name}_probabilities.nii.gz")
-    out_paths = prepare_outputs(args.output, files, overwrite=args.overwrite, protect=[path])
+    protect = [path, *protect]
+    out_paths = prepare_outputs(
+        args.output, _files(args, name), overwrite=args.overwrite, protect=protect
+    )
     volume = load_volume(
         path,
         volume_index="all" if args.volume is None else args.volume,
@@ -187,9 +195,10 @@ def segment_case(args: argparse.Namespace, segmenter, path: Path, name: str):
         names=segmenter.label_names,
         model=f"segmentation:{args.checkpoint}",
         source=path,
+        protect=protect,
     )
     if result.probabilities is not None:
-        save_volume(result.probabilities, out_paths[3], overwrite=args.overwrite, protect=[path])
+        save_volume(result.probabilities, out_paths[3], overwrite=args.overwrite, protect=protect)
     return report, out_paths
 
 

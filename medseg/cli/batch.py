@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medseg.errors import InputError, MedsegError
 
-__all__ = ["case_names", "list_inputs", "run_cases"]
+__all__ = ["case_names", "check_batch_outputs", "list_inputs", "run_cases"]
 
 
 def list_inputs(path: Path) -> tuple[list[Path], list[str]]:
@@ -51,6 +51,31 @@ def case_names(inputs: list[Path]) -> dict[Path, str | None]:
     for p in inputs:
         seen[case_name(p)] = seen.get(case_name(p), 0) + 1
     return {p: case_name(p) if seen[case_name(p)] == 1 else None for p in inputs}
+
+
+def check_batch_outputs(inputs: list[Path], outputs_of: Callable[[str], list[Path]]) -> list[Path]:
+    """Refuse, before any model work, a run in which a case's output would replace an input.
+
+    ``outputs_of(name)`` lists the files case ``name`` writes. Every input of the run is
+    protected, not only the case's own (``-o`` on the input folder with ``a.nii.gz`` and
+    ``a_seg.nii.gz`` side by side must not turn case ``a``'s result into the loss of the
+    input ``a_seg.nii.gz``), even with ``--overwrite``. Returns the inputs, the ``protect``
+    list every later write of the run passes on.
+    """
+    from .outputs import resolved
+
+    protected = {resolved(p): p for p in inputs}
+    for name in filter(None, case_names(inputs).values()):
+        for out in outputs_of(name):
+            hit = protected.get(resolved(out))
+            if hit is not None:
+                raise InputError(
+                    "would_overwrite_input",
+                    f"case {name}'s output would replace the input {hit.name} of this run "
+                    "(even with --overwrite); write the outputs to another folder with -o",
+                    path=str(out),
+                )
+    return list(inputs)
 
 
 def note_ignored(source: str, ignored: list[str]) -> None:

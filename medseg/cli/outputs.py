@@ -43,10 +43,10 @@ def prepare_outputs(
         ) from exc
     if not outdir.is_dir():
         raise OutputError("not_a_folder", "output is not a folder", path=str(outdir))
-    protected = {_resolved(p) for p in protect}
+    protected = {resolved(p) for p in protect}
     paths = [outdir / n for n in names]
     for path in paths:
-        if _resolved(path) in protected:
+        if resolved(path) in protected:
             raise InputError("would_overwrite_input", "would overwrite the input", path=str(path))
         if path.exists() and not overwrite:
             raise InputError(
@@ -69,7 +69,8 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         staged.stage_bytes(Path(path), data)
 
 
-def _resolved(path: Path) -> Path:
+def resolved(path: Path) -> Path:
+    """``path`` with symlinks and ``..`` resolved (the absolute path where resolving fails)."""
     try:
         return Path(path).resolve()
     except (OSError, RuntimeError):  # symlink loops

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.inference.restoration import Restorer, choose_partitioner
     from medseg.io import cleanup_orphan_temps
 
-    from .batch import list_inputs, note_ignored, run_cases
+    from .batch import check_batch_outputs, list_inputs, note_ignored, run_cases
     from .outputs import case_name
 
     if (args.seg_checkpoint is None) != (args.reference is None):
@@ -100,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
     note_ignored(args.input, ignored)
     # outputs checked before the model loads: the folder for a batch, the files for one input
     _outputs(args, inputs[0], "" if batch else case_name(inputs[0]))
+    out = Path(args.output)
+    protect = check_batch_outputs(
+        inputs, lambda name: [out / f"{name}_restored.nii.gz", out / f"{name}_restore.json"]
+    )
     restorer = Restorer.from_checkpoint(
         args.checkpoint,
         device=args.device,
@@ -118,14 +122,16 @@ def run(args: argparse.Namespace) -> int:
         restorer.partitioner = choose_partitioner(args.regions, restorer.restoration, args.device)
 
     def one(path: Path, name: str) -> None:
-        image_path, report_path = _outputs(args, path, name)
+        image_path, report_path = _outputs(args, path, name, protect=protect)
         cleanup_orphan_temps(image_path.parent)
-        restore_case(args, restorer, path, image_path, report_path)
+        restore_case(args, restorer, path, image_path, report_path, protect=protect)
 
     return run_cases(inputs, batch, one, quiet=args.quiet)
 
 
-def restore_case(args, restorer, path: Path, image_path: Path, report_path: Path) -> None:
+def restore_case(
+    args, restorer, path: Path, image_path: Path, report_path: Path, *, protect=()
+) -> None:
     """One input volume -> the restored volume and its JSON report (written all-or-nothing)."""
     from medseg.io import StagedWrites, load_volume, stage_volume
 
@@ -160,7 +166,9 @@ def restore_case(args, restorer, path: Path, image_path: Path, report_path: Path
         )
     report["seconds"] = round(time.perf_counter() - started, 3)
     with StagedWrites() as staged:
-        stage_volume(staged, result.volume, image_path, overwrite=args.overwrite, protect=[path])
+        stage_volume(
+            staged, result.volume, image_path, overwrite=args.overwrite, protect=[path, *protect]
+        )
         staged.stage_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     if not args.quiet:
         print(f"restored: {image_path}")
@@ -175,7 +183,7 @@ def _file_suffix(out: Path) -> str | None:
     return next((s for s in _VOLUME_SUFFIXES if out.name.lower().endswith(s)), None)
 
 
-def _outputs(args: argparse.Namespace, source: Path, name: str) -> tuple[Path, Path]:
+def _outputs(args: argparse.Namespace, source: Path, name: str, *, protect=()) -> tuple[Path, Path]:
     """Output image and report paths for one case, checked before any work (exists, input,
     writable); with an empty ``name`` only the output folder is checked."""
     from .outputs import prepare_outputs
@@ -184,7 +192,7 @@ def _outputs(args: argparse.Namespace, source: Path, name: str) -> tuple[Path, P
     suffix = _file_suffix(out)
     if suffix is None:
         files = [f"{name}_restored.nii.gz", f"{name}_restore.json"] if name else []
-        paths = prepare_outputs(out, files, overwrite=args.overwrite, protect=[source])
+        paths = prepare_outputs(out, files, overwrite=args.overwrite, protect=[source, *protect])
         return (paths[0], paths[1]) if name else (out, out)
     stem = out.name[: -len(suffix)]
     image, report = prepare_outputs(

@@ -243,7 +243,17 @@ def run_prompted(args, volume, prompt, predictor) -> np.ndarray:
 
 
 def write_outputs(
-    args, volume, labels, prompt, out_paths, *, extra=None, names=None, model=None, source=None
+    args,
+    volume,
+    labels,
+    prompt,
+    out_paths,
+    *,
+    extra=None,
+    names=None,
+    model=None,
+    source=None,
+    protect=(),
 ) -> dict:
     """Render the preview and statistics in memory, then write the three files all-or-nothing.
 
@@ -289,7 +299,7 @@ def write_outputs(
             seg_path,
             overwrite=args.overwrite,
             role="label",
-            protect=[source],
+            protect=[source, *protect],
         )
         staged.stage_bytes(stats_path, (json.dumps(report, indent=2) + "\n").encode())
         staged.stage_bytes(png_path, png)
