@@ -740,3 +740,48 @@ def make_all(tmp_dir: str | os.PathLike[str]) -> dict[str, tuple[Path, str]]:
         sub.mkdir(parents=True, exist_ok=True)
         out[case_id] = (make(sub), code)
     return out
+
+
+# --- memory bombs: what the memory limit refuses from the header (issue 15, item 3) -----------
+# Each ``(case_id, make, expected_code, needle)`` is loaded with ``MEDSEG_MAX_MEMORY=4G`` and
+# ``on_header=medseg.inference.memory.prompted_guard()``: under the 2 GiB loader guard the
+# prompted pipeline would need ~6 GiB (12 bytes per voxel), so it is refused before a byte is
+# decompressed (``not_enough_memory``); over the guard the loader's ``too_large`` comes first.
+_UNDER_GUARD = [3, 1024, 1024, 511, 1, 1, 1, 1]  # 2 GiB - 4 MiB as float32
+_AT_GUARD = [3, 1024, 1024, 512, 1, 1, 1, 1]  # exactly 2 GiB as float32: not over the guard
+_OVER_GUARD = [3, 1024, 1024, 513, 1, 1, 1, 1]
+
+
+def _header(dtype, dim: list[int]) -> bytes:
+    return nifti_bytes(np.zeros((1, 1, 1), dtype), patch={"dim": dim})[:352]
+
+
+def _bomb(name: str, dtype, dim: list[int]) -> Make:
+    """A real gzip bomb: ~1 KB per MiB of zeros (2 GiB of float32 in ~2 MB, as reported)."""
+    n_bytes = int(np.prod(dim[1:4])) * np.dtype(dtype).itemsize
+    return lambda t: gzip_zeros(t / name, _header(dtype, dim), n_bytes)
+
+
+def _promise(name: str, dtype, dim: list[int]) -> Make:
+    """A header that promises ``dim`` over 4 KiB of voxels: only a header check can see it."""
+    return lambda t: _write(t / name, _header(dtype, dim) + bytes(4096), gz=True)
+
+
+def _nrrd_promise(t: Path) -> Path:
+    head = b"NRRD0004\ntype: float\ndimension: 3\nsizes: 1024 1024 511\nencoding: gzip\n"
+    (t / "bomb.nrrd").write_bytes(head + b"endian: little\n\n" + gzip.compress(bytes(4096)))
+    return t / "bomb.nrrd"
+
+
+_REFUSED = "not enough memory: prompted segmentation needs about"
+MEMORY_BOMBS: list[tuple[str, Make, str, str]] = [
+    ("bomb_float32_under_guard", _bomb("f32.nii.gz", np.float32, _UNDER_GUARD),
+     "not_enough_memory", f"{_REFUSED} 6.99 GiB"),  # 12 B/voxel + 1 GiB embedding cache
+    ("bomb_uint8_at_guard", _bomb("u8.nii.gz", np.uint8, _AT_GUARD),
+     "not_enough_memory", f"{_REFUSED} 7.00 GiB"),
+    ("bomb_int16_promise_under_guard", _promise("i16.nii.gz", np.int16, _UNDER_GUARD),
+     "not_enough_memory", "4.00 GiB available (MEDSEG_MAX_MEMORY); crop or downsample"),
+    ("bomb_nrrd_promise_under_guard", _nrrd_promise, "not_enough_memory", _REFUSED),
+    ("bomb_float32_over_guard", _promise("over.nii.gz", np.float32, _OVER_GUARD),
+     "too_large", "volume too large (2 GiB > limit 2 GiB"),
+]  # fmt: skip

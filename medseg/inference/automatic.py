@@ -34,6 +34,11 @@ stitched logits ``4 K V'`` bytes plus the network's activations for ``sw_batch_s
 the label output ``V`` bytes (uint8). ``probabilities=True`` adds ``4 K V'`` for the softmax and
 ``4 K V`` (plus one resampling temporary of the same size) for the copy on the input grid.
 
+Before any of this, :meth:`AutomaticSegmenter.memory_need` (from the header, before the file is
+decompressed) and the window size and batch (:func:`medseg.inference.windows.check_windows`)
+are checked against the memory limit (:mod:`medseg.inference.memory`); running out of memory
+during inference anyway is one ``not_enough_memory`` error, not a traceback.
+
 **Trust.** Checkpoints are Lightning pickles whose hyper-parameters name the network class that
 is imported and called to rebuild it: load only checkpoints you trust. They are unpickled with
 ``weights_only=True``; one holding arbitrary pickled objects is refused unless ``trusted=True``.
@@ -45,7 +50,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +61,16 @@ from torch import nn
 from medseg.errors import InputError
 from medseg.inference.checkpoints import checkpoint_kind, load_segmentation_checkpoint
 from medseg.inference.device import resolve_device, resolve_precision
+from medseg.inference.memory import allocation_errors, automatic_need, check_memory, header_guard
 from medseg.inference.postprocess import keep_largest_component
-from medseg.io import Volume, load_volume
+from medseg.inference.windows import (
+    check_windows,
+    choose_roi,
+    count_windows,
+    has_window_statistics,
+    size_divisor,
+)
+from medseg.io import Volume, VolumeHeader, load_volume
 
 __all__ = [
     "AutomaticSegmenter",
@@ -68,6 +81,8 @@ __all__ = [
 ]
 
 ROI_GROWTH = 8
+MEMORY_FIX = "crop or downsample the image first"
+ALLOCATION_FIX = "lower --batch-size or --roi, or crop the image"
 
 
 @dataclass
@@ -194,7 +209,14 @@ class AutomaticSegmenter:
         from medseg.transforms.io import volume_to_metatensor
 
         started = time.perf_counter()
-        vol = volume if isinstance(volume, Volume) else load_volume(volume, volume_index="all")
+        if isinstance(volume, Volume):
+            vol = volume
+            need = self.memory_need(VolumeHeader.of(vol), probabilities=probabilities, loaded=True)
+            check_memory(need, what="automatic segmentation", fix=self._fix(probabilities),
+                         path=vol.meta.get("path"))  # fmt: skip
+        else:
+            guard = self.memory_guard(probabilities=probabilities)
+            vol = load_volume(volume, volume_index="all", on_header=guard)
         path = str(vol.meta.get("path", "" if isinstance(volume, Volume) else volume))
         if vol.num_channels != self.num_channels:
             names = ", ".join(self.preprocessing["channel_names"])
@@ -206,19 +228,21 @@ class AutomaticSegmenter:
             )
         data = self._transform({"image": volume_to_metatensor(vol.array, vol.affine, path)})
         image = data["image"]  # (C, X', Y', Z') on the model grid
-        with torch.inference_mode():
+        with torch.inference_mode(), allocation_errors(ALLOCATION_FIX, path=path):
             logits, info = self.predict_logits(image.as_tensor()[None].to(self.device))
             label_map = logits.argmax(1).to(torch.float32).cpu()  # (1, X', Y', Z')
             probs = torch.softmax(logits, 1)[0].cpu() if probabilities else None
         del logits
-        labels = self._invert(data, label_map, vol, nearest=True)[0].round().numpy()
+        with allocation_errors(MEMORY_FIX, path=path):
+            labels = self._invert(data, label_map, vol, nearest=True)[0].round().numpy()
         labels = labels.astype(np.uint8 if len(self.preprocessing["labels"]) <= 256 else np.uint16)
         if self.largest_component:
             which = None if self.largest_component is True else list(self.largest_component)
             labels = keep_largest_component(labels, which)
         prob_vol = None
         if probs is not None:
-            back = self._invert(data, probs, vol, nearest=False).numpy().astype(np.float32)
+            with allocation_errors(self._fix(True), path=path):
+                back = self._invert(data, probs, vol, nearest=False).numpy().astype(np.float32)
             prob_vol = vol.with_array(np.clip(back, 0.0, 1.0))
         info.update(
             model_grid=list(image.shape[1:]),
@@ -234,17 +258,62 @@ class AutomaticSegmenter:
             raise ValueError(f"expected (1, C, X, Y, Z), got {tuple(image.shape)}")
         if self.spatial_dims == 3:
             roi = self._roi(image.shape[2:])
+            self._check_windows(image.shape[2:], roi, image.shape[0])
             return self._sliding(image, roi), self._info(image.shape[2:], roi, image.shape[0])
         axis = int(self.preprocessing.get("slice_axis", 2)) + 2
         moved = image.movedim(axis, 2)  # (1, C, S, P, Q)
         s, p, q = moved.shape[2:]
         slices = moved[0].transpose(0, 1)  # (S, C, P, Q)
         roi = self._roi((p, q))
+        self._check_windows((p, q), roi, s)
         logits = self._sliding(slices, roi)  # (S, K, P, Q)
         logits = logits.transpose(0, 1)[None].movedim(2, axis)  # (1, K, X', Y', Z')
         return logits, self._info((p, q), roi, s)
 
+    def memory_need(
+        self, header: VolumeHeader, *, probabilities: bool = False, loaded: bool = False
+    ) -> int:
+        """Bytes :meth:`segment` needs for a volume with this header apart from its windows
+        (:func:`medseg.inference.memory.automatic_need` on this checkpoint's spacing and
+        classes); ``loaded``: the volume is already in memory."""
+        return automatic_need(
+            header,
+            target_spacing=self.preprocessing["target_spacing"],
+            classes=len(self.preprocessing["labels"]),
+            probabilities=probabilities,
+            loaded=loaded,
+        )
+
+    def memory_guard(self, *, probabilities: bool = False) -> Callable[[VolumeHeader], None]:
+        """``load_volume(..., on_header=...)`` callback refusing (``not_enough_memory``) a volume
+        whose :meth:`memory_need` exceeds the limit, before it is decompressed."""
+        return header_guard(
+            lambda h: self.memory_need(h, probabilities=probabilities),
+            fix=self._fix(probabilities),
+            what="automatic segmentation",
+        )
+
     # helpers -----------------------------------------------------------------------------------
+    @staticmethod
+    def _fix(probabilities: bool) -> str:
+        return MEMORY_FIX + (" or drop --save-probabilities" if probabilities else "")
+
+    def _check_windows(self, extent: Sequence[int], roi: Sequence[int], images: int) -> None:
+        """Refuse an explicit ``roi`` larger than the image (rounded up to the size divisor, or
+        the patch) and a window batch that cannot fit, before MONAI allocates anything."""
+        d = self.divisor
+        cap = [max(d * math.ceil(int(e) / d), d * math.ceil(int(p) / d))
+               for e, p in zip(extent, self.patch, strict=True)]  # fmt: skip
+        check_windows(
+            extent,
+            roi,
+            self.sw_batch_size,
+            windows=images * count_windows(extent, roi, self.overlap),
+            explicit=not isinstance(self.roi, str),
+            cap=cap,
+            grid="the image on the model grid",
+        )
+
     def _roi(self, extent: Sequence[int]) -> list[int]:
         if not isinstance(self.roi, str):
             return [int(r) for r in self.roi]
@@ -328,61 +397,3 @@ class AutomaticSegmenter:
             "sw_batch_size": self.sw_batch_size,
             "tta": self.tta,
         }
-
-
-def choose_roi(
-    extent: Sequence[int], patch: Sequence[int], divisor: int, max_voxels: int
-) -> list[int]:
-    """Sliding-window size for an image of spatial size ``extent``.
-
-    Starts at ``patch`` (rounded up to a multiple of ``divisor``) and grows one axis at a time by
-    ``divisor`` (the axis that has grown least relative to the patch first) while the window
-    holds at most ``max_voxels`` and no axis exceeds the image rounded up to ``divisor``.
-    """
-    d = max(int(divisor), 1)
-    up = [d * math.ceil(int(p) / d) for p in patch]
-    cap = [max(u, d * math.ceil(int(e) / d)) for u, e in zip(up, extent, strict=True)]
-    roi = list(up)
-    while True:
-        order = sorted(range(len(roi)), key=lambda i: roi[i] / up[i])
-        for i in order:
-            grown = roi[:i] + [roi[i] + d] + roi[i + 1 :]
-            if roi[i] < cap[i] and math.prod(grown) <= max_voxels:
-                roi = grown
-                break
-        else:
-            return roi
-
-
-def size_divisor(net: nn.Module) -> int | None:
-    """Spatial sizes the net accepts are multiples of this: its ``size_divisor`` attribute, or
-    for MONAI's ``UNet`` the product of its strides; None when unknown."""
-    if hasattr(net, "size_divisor"):
-        return int(net.size_divisor)
-    from monai.networks.nets import UNet
-
-    if isinstance(net, UNet):
-        total = 1
-        for stride in net.strides:
-            total *= int(max(stride) if isinstance(stride, Sequence) else stride)
-        return total
-    return None
-
-
-def has_window_statistics(net: nn.Module) -> bool:
-    """True when the net's output depends on the window it sees: a layer normalises over
-    spatial positions per sample (instance or group norm), or the net says so with a true
-    ``window_dependent`` attribute (global attention, e.g. HER-Seg)."""
-    if getattr(net, "window_dependent", False):
-        return True
-    kinds = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm)
-    return any(isinstance(m, kinds) for m in net.modules())
-
-
-def count_windows(extent: Sequence[int], roi: Sequence[int], overlap: float) -> int:
-    """Number of windows MONAI's sliding window visits for one image."""
-    n = 1
-    for e, r in zip(extent, roi, strict=True):
-        step = max(int(r * (1 - overlap)), 1)
-        n *= 1 if e <= r else math.ceil((e - r) / step) + 1
-    return n

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from medseg.errors import InputError
 
 from .device import resolve_device, resolve_precision
+from .windowing import to_uint8
 
 if TYPE_CHECKING:
     from medseg.models.litemedsam import LiteMedSAM
@@ -41,45 +42,9 @@ __all__ = [
 
 IMAGE_SIZE = 256
 BOX_MARGIN_256 = 3
-PERCENTILES = (0.5, 99.5)
 
 BoxLike = Sequence[float] | np.ndarray
 PointsLike = Sequence[Sequence[float]] | np.ndarray
-
-
-def to_uint8(array: np.ndarray, *, window: tuple[float, float] | None = None) -> np.ndarray:
-    """MedSAM's ``pre_CT_MR`` intensity step for a whole volume (any shape) -> uint8 0-255.
-
-    With ``window=(level, width)`` (CT) values are clipped to ``level -/+ width / 2``; otherwise
-    (MR and others) to the 0.5 and 99.5 percentiles of the voxels > 0 (all voxels if none is
-    positive), and voxels equal to 0 stay 0. The clipped values are then min-max scaled to
-    0-255 and truncated to uint8, as MedSAM does. A constant result maps to zeros.
-
-    Raises:
-        InputError: the array holds NaN or infinite values.
-    """
-    data = np.asarray(array)
-    if data.size and not np.isfinite(data).all():
-        raise InputError("non_finite", "image holds NaN or infinite values")
-    data = data.astype(np.float64, copy=False)
-    if data.size == 0:
-        return np.zeros(data.shape, dtype=np.uint8)
-    if window is not None:
-        level, width = window
-        if not width > 0:
-            raise InputError("window", f"window width must be > 0, got {width}")
-        low, high = level - width / 2, level + width / 2
-    else:
-        positive = data[data > 0]
-        low, high = np.percentile(positive if positive.size else data, PERCENTILES)
-    clipped = np.clip(data, low, high)
-    span = clipped.max() - clipped.min()
-    if span <= 0:
-        return np.zeros(data.shape, dtype=np.uint8)
-    scaled = (clipped - clipped.min()) / span * 255.0
-    if window is None:
-        scaled[data == 0] = 0
-    return scaled.astype(np.uint8)
 
 
 def preprocess_slice(slice_u8: np.ndarray) -> tuple[Tensor, tuple[int, int]]:

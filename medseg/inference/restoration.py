@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,9 @@ from medseg.inference.checkpoints import (
     load_task,
 )
 from medseg.inference.device import resolve_device
-from medseg.io import Volume
+from medseg.inference.memory import allocation_errors, check_memory, header_guard, restoration_need
+from medseg.inference.windows import check_windows, count_windows
+from medseg.io import Volume, VolumeHeader
 from medseg.transforms.intensity import denormalise, fit_intensity, normalise
 
 __all__ = [
@@ -58,6 +60,8 @@ __all__ = [
 ]
 
 MAX_SLICE_ROI = 512
+MEMORY_FIX = "crop or downsample the image first"
+ALLOCATION_FIX = "lower --batch-size or --roi, or crop the image"
 
 
 @dataclass
@@ -127,12 +131,15 @@ class Restorer:
                 f"the model restores channel {channel}, the input has "
                 f"{volume.array.shape[0]} channel(s)",
             )
+        where = volume.meta.get("path")
+        need = self.memory_need(VolumeHeader.of(volume), loaded=True)
+        check_memory(need, what="restoration", fix=MEMORY_FIX, path=where)
         array = volume.array if volume.array.ndim == 3 else volume.array[channel]
         ornt = nib.orientations.io_orientation(volume.affine)
         ras = nib.orientations.apply_orientation(np.asarray(array, np.float32), ornt)
         x = torch.from_numpy(np.ascontiguousarray(ras))[None, None]  # (1, 1, X, Y, Z) RAS
         params = fit_intensity(x, self.restoration["intensity"])
-        with torch.inference_mode():
+        with torch.inference_mode(), allocation_errors(ALLOCATION_FIX, path=where):
             y = self._run(normalise(x, params).to(self.device)).cpu()
         out_ras = denormalise(y, params)[0, 0].numpy()
         back = nib.orientations.ornt_transform(np.array([[0, 1], [1, 1], [2, 1]]), ornt)
@@ -148,7 +155,34 @@ class Restorer:
         }
         return RestorationOutput(result, info)
 
+    def memory_need(self, header: VolumeHeader, *, loaded: bool = False) -> int:
+        """Bytes :meth:`restore` needs for a volume with this header apart from its windows
+        (:func:`medseg.inference.memory.restoration_need`); ``loaded``: already in memory."""
+        return restoration_need(header, upscale=self.upscale, loaded=loaded)
+
+    def memory_guard(self) -> Callable[[VolumeHeader], None]:
+        """``load_volume(..., on_header=...)`` callback refusing (``not_enough_memory``) a volume
+        whose :meth:`memory_need` exceeds the limit, before it is decompressed."""
+        return header_guard(self.memory_need, fix=MEMORY_FIX, what="restoration")
+
+    @property
+    def upscale(self) -> int:
+        """Output voxels per input voxel (``scale**2`` for a 2-D net, ``scale**3`` in 3-D)."""
+        return self.scale**self.dims
+
     # internals ---------------------------------------------------------------------------------
+    def _check_windows(self, extent: Sequence[int], roi: Sequence[int], images: int) -> None:
+        """Refuse an explicit ``roi`` larger than the image and a batch that cannot fit."""
+        check_windows(
+            extent,
+            roi,
+            self.sw_batch_size,
+            windows=images * count_windows(extent, roi, self.overlap),
+            explicit=self.roi is not None,
+            upscale=self.upscale,
+            grid="the image" if self.dims == 3 else "a slice",
+        )
+
     def _axis_factors(self, ornt: np.ndarray) -> list[int]:
         """Upsampling factor of each *input* voxel axis (RAS x, y in 2-D; all in 3-D)."""
         factors = [1, 1, 1]
@@ -160,16 +194,18 @@ class Restorer:
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """``(1, 1, X, Y, Z)`` normalised RAS -> restored ``(1, 1, sX, sY, sZ or Z)``."""
         if self.dims == 3:
-            roi = self.roi or [p // self.scale for p in self.restoration["patch_size"]]
-            roi = [min(r, n) for r, n in zip(roi, x.shape[2:], strict=True)]
+            patch = [p // self.scale for p in self.restoration["patch_size"]]
+            roi = self.roi or [min(r, n) for r, n in zip(patch, x.shape[2:], strict=True)]
+            self._check_windows(x.shape[2:], roi, 1)  # an explicit roi is never clipped
             return sliding_window_inference(
                 x, roi, self.sw_batch_size, self.net, overlap=self.overlap, mode="gaussian"
             )
         slices = x[0].permute(3, 0, 1, 2)  # (Z, 1, X, Y)
+        roi = self.roi or [min(n, MAX_SLICE_ROI) for n in slices.shape[2:]]
+        self._check_windows(slices.shape[2:], roi, len(slices))
         if self.takes_regions:
             regions = torch.stack([self._regions(s) for s in slices.cpu()]).to(x.device)
             slices = torch.cat([slices, regions.float()], dim=1)  # (Z, 2, X, Y)
-        roi = self.roi or [min(n, MAX_SLICE_ROI) for n in slices.shape[2:]]
         out = torch.cat(
             [
                 sliding_window_inference(

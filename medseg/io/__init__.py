@@ -3,6 +3,8 @@
 - :func:`load_volume` reads ``.nii``/``.nii.gz`` (nibabel), ``.nrrd``/``.mha``/``.mhd``
   (SimpleITK) and DICOM series folders, or raises :class:`InputError` with a stable ``code``
   (catalogue in :mod:`medseg.io.load`).
+- :class:`VolumeHeader`: what a header promises; ``load_volume(on_header=...)`` sees it before
+  any voxel is decompressed (memory checks, :mod:`medseg.inference.memory`).
 - :func:`check_same_grid` refuses a label (or second image) that is not on the image's grid.
 - :func:`save_volume` writes atomically on the volume's grid (both NIfTI forms kept) and never
   over an input; :func:`cleanup_orphan_temps` removes what a killed writer left.
@@ -17,13 +19,14 @@ from medseg.io.atomic import StagedWrites
 from medseg.io.checks import check_same_grid
 from medseg.io.load import load_volume
 from medseg.io.save import cleanup_orphan_temps, save_volume, stage_volume
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, VolumeHeader
 
 __all__ = [
     "InputError",
     "OutputError",
     "StagedWrites",
     "Volume",
+    "VolumeHeader",
     "check_same_grid",
     "cleanup_orphan_temps",
     "load_volume",

@@ -23,6 +23,7 @@ refused (``dicom_unsupported``); ``.zip`` archives are not read.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.checks import check_affine, check_size
 from medseg.io.itk import image_to_volume, quiet_itk, sitk_module
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, VolumeHeader
 
 SPACING_REL_TOL = 0.01
 SPACING_ABS_TOL_MM = 1e-3
@@ -45,6 +46,7 @@ def read_dicom_series(
     as_float: bool,
     max_bytes: int,
     warnings: list[str],
+    on_header: Callable[[VolumeHeader], None] | None = None,
 ) -> Volume:
     """Read one series from ``folder`` (not recursive). Returns ``array`` (X, Y, Z).
 
@@ -77,6 +79,10 @@ def read_dicom_series(
     cols, rows = infos[0]["size"][:2]
     check_size((cols, rows, len(names)), infos[0]["itemsize"], max_bytes, where)
     check_affine(_header_affine(ordered[0], gap), where)
+    if on_header is not None:
+        slab = gap if np.isfinite(gap) else 1.0
+        spacing = (*ordered[0]["pixel_spacing"], float(slab))
+        on_header(VolumeHeader(where, (cols, rows, len(names)), 1, spacing, infos[0]["itemsize"]))
 
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([info["file"] for info in ordered])

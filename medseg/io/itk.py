@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from medseg.errors import InputError
 from medseg.files import check_inside, check_regular_file, open_regular
 from medseg.io.checks import check_affine, check_size, check_spacing
 from medseg.io.nifti import select_volume
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, VolumeHeader
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 #: sniffed content kind -> the ITK ImageIO that reads/writes it
@@ -104,6 +104,7 @@ def read_itk(
     as_float: bool,
     max_bytes: int,
     volume_index: int | None,
+    on_header: Callable[[VolumeHeader], None] | None = None,
 ) -> Volume:
     """Read an NRRD/MetaImage file: header checks first, then the voxels.
 
@@ -155,6 +156,9 @@ def read_itk(
     check_spacing(reader.GetSpacing()[:3], where, what="spacing")
     affine = lps_to_affine(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
     check_affine(affine, where)
+    if on_header is not None:
+        spacing = tuple((list(reader.GetSpacing()) + [1.0, 1.0])[:3])
+        on_header(VolumeHeader(where, tuple(spatial), 1, spacing, _itemsize(sitk, pixel)))
 
     with quiet_itk():
         image = reader.Execute()

@@ -47,15 +47,16 @@ import os
 import stat
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from medseg.errors import InputError
 from medseg.files import describe_mode, open_regular, stat_path
 from medseg.io.checks import finish_image, to_label_array
 from medseg.io.sniff import READABLE, SUGGESTED_EXTENSION, Sniffed, extension_kind, sniff
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, VolumeHeader
 
+HeaderCheck = Callable[[VolumeHeader], None]
 ROLES = ("image", "label")
 NAN_POLICIES = ("error", "zero")
 
@@ -69,6 +70,7 @@ def load_volume(
     volume_index: int | str | None = None,
     series_uid: str | None = None,
     classes: Iterable[int] | None = None,
+    on_header: HeaderCheck | None = None,
 ) -> Volume:
     """Read a volume file or a DICOM series folder, or raise InputError (see the module table).
 
@@ -85,6 +87,9 @@ def load_volume(
             this is how MSD stores multi-modal cases).
         series_uid: which DICOM series to read when the folder holds several.
         classes: allowed label values (``role="label"`` only).
+        on_header: called with the :class:`~medseg.io.volume.VolumeHeader` after every header
+            check and before any voxel is read or decompressed; raise (an ``InputError``, e.g.
+            :func:`medseg.inference.memory.check_memory`'s ``not_enough_memory``) to refuse.
 
     Returns:
         Volume with ``array`` (X, Y, Z), ``affine`` voxel -> RAS+ mm, the NIfTI forms when the
@@ -108,7 +113,12 @@ def load_volume(
 
         with _library_errors(where, "dicom_corrupt"):
             vol = read_dicom_series(
-                p, series_uid=series_uid, as_float=as_float, max_bytes=max_bytes, warnings=warnings
+                p,
+                series_uid=series_uid,
+                as_float=as_float,
+                max_bytes=max_bytes,
+                warnings=warnings,
+                on_header=on_header,
             )
         fmt, reader = "dicom", "SimpleITK-GDCM"
     else:
@@ -134,6 +144,7 @@ def load_volume(
                     max_bytes=max_bytes,
                     volume_index=volume_index,
                     warnings=warnings,
+                    on_header=on_header,
                 )
                 reader = "nibabel"
             else:
@@ -146,6 +157,7 @@ def load_volume(
                     as_float=as_float,
                     max_bytes=max_bytes,
                     volume_index=volume_index,
+                    on_header=on_header,
                 )
                 reader = "SimpleITK"
 

@@ -21,6 +21,7 @@ Documented choices:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from medseg.errors import InputError
 from medseg.io.checks import check_affine, check_size, check_spacing, form_disagreement_mm
 from medseg.io.sniff import Sniffed
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, VolumeHeader
 
 #: qform/sform corner disagreement (mm) above which a warning is recorded
 FORM_TOL_MM = 1e-3
@@ -54,6 +55,7 @@ def read_nifti(
     max_bytes: int,
     volume_index: int | str | None,
     warnings: list[str],
+    on_header: Callable[[VolumeHeader], None] | None = None,
 ) -> Volume:
     """Read a NIfTI file whose content :func:`~medseg.io.sniff.sniff` identified.
 
@@ -105,6 +107,10 @@ def read_nifti(
                 f"(code {int(scode)}) as nibabel and MONAI do"
             )
     check_affine(affine, where)
+    if on_header is not None:
+        spacing = [float(v) for v in hdr["pixdim"][1 : 1 + n_spatial]] + [1.0] * 3
+        channels = (shape[3] if len(shape) > 3 else 1) if select == "all" else 1
+        on_header(VolumeHeader(where, tuple(shape[:3]), channels, tuple(spacing[:3]), itemsize))
 
     proxy = klass.ImageArrayProxy(where, hdr.copy(), mmap=False, keep_file_open=False)
     array = _read_voxels(proxy, shape, select, as_float)

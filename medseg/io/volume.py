@@ -14,6 +14,7 @@ Convention (the one every part of medseg relies on):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,4 +103,44 @@ class Volume:
             qform=None if self.qform is None else self.qform.copy(),
             sform=None if self.sform is None else self.sform.copy(),
             meta={**self.meta, **meta},
+        )
+
+
+@dataclass(frozen=True)
+class VolumeHeader:
+    """What a file's header promises, known before any voxel is read or decompressed.
+
+    :func:`~medseg.io.load.load_volume` passes one to its ``on_header`` callback (after every
+    header check, before the voxels), so a caller can refuse work it cannot afford (see
+    :mod:`medseg.inference.memory`).
+
+    Attributes:
+        path: the file or DICOM folder.
+        shape: spatial ``(X, Y, Z)`` of the array that will be returned (2-D files: ``Z = 1``).
+        channels: volumes returned as channels (``volume_index="all"``), else 1.
+        spacing: voxel size in mm along i, j, k as the header states it.
+        itemsize: bytes per voxel as stored in the file.
+    """
+
+    path: str
+    shape: tuple[int, int, int]
+    channels: int = 1
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    itemsize: int = 4
+
+    @property
+    def voxels(self) -> int:
+        """Voxels of the returned array: ``X * Y * Z * channels``."""
+        return math.prod(self.shape) * self.channels
+
+    @classmethod
+    def of(cls, volume: Volume) -> VolumeHeader:
+        """The header of a volume already in memory (``path`` from its ``meta``)."""
+        spacing = tuple(float(s) for s in volume.spacing)
+        return cls(
+            path=str(volume.meta.get("path", "")),
+            shape=volume.spatial_shape,
+            channels=volume.num_channels,
+            spacing=spacing,  # type: ignore[arg-type]
+            itemsize=int(volume.array.dtype.itemsize),
         )
