@@ -16,6 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from medseg.errors import MedsegError
 from medseg.transforms.planes import AXES
 from medseg.viz import WINDOW_PRESETS
 
@@ -189,8 +190,11 @@ def build_app(
         def on_load():
             if initial is None:
                 return full(None, "Open an image to start.")
-            session = new_session(initial.source, initial.name, names=dict(initial.names),
-                                  window=initial.window, preset=initial.preset)  # fmt: skip
+            try:  # the memory budget may be spent (apps.viewer.budget)
+                session = new_session(initial.source, initial.name, names=dict(initial.names),
+                                      window=initial.window, preset=initial.preset)  # fmt: skip
+            except MedsegError as err:
+                return full(None, str(err))
             session.size = size
             return full(session, f"opened {initial.name}")
 

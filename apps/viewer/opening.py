@@ -4,6 +4,11 @@ Adds to ``load_volume`` only what a browser upload needs: a DICOM series as a ``
 (extracted into the session's private folder with member checks), 2D PNG/JPEG pictures (one
 slice, 1 mm pixels, shown exactly as the picture), server-side paths confined to ``--root``, and
 label names from an MSD ``dataset.json``. Every refusal is an :class:`InputError` (one line).
+
+Memory: a volume is opened only when a session on it fits the viewer's budget
+(:mod:`apps.viewer.budget`), decided from its header before it is decompressed; the image's
+bytes stay reserved while the returned ``Volume`` lives. A label file must have the image's
+shape in its header, also checked before it is decompressed.
 """
 
 from __future__ import annotations
@@ -18,9 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.inference.memory import IMAGE_BYTES_PER_VOXEL, viewer_session_need
 from medseg.io import check_same_grid, load_volume
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, VolumeHeader
 from medseg.viz import WINDOW_PRESETS, percentile_window
+
+from .budget import BUDGET, Reservation
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ZIP_MAX_BYTES = 2**31  # uncompressed size limit of a DICOM zip
@@ -42,20 +50,54 @@ def open_image(path: str | os.PathLike[str], workdir: str | os.PathLike[str]) ->
     if suffix.endswith(".zip"):
         folder = Path(tempfile.mkdtemp(prefix="zip-", dir=workdir))
         try:  # the extracted copy is deleted as soon as the voxels are in memory
-            return load_volume(extract_zip(p, folder))
+            return load_within_budget(extract_zip(p, folder))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
     try:
-        return load_volume(p)
+        return load_within_budget(p)
     except InputError as err:
         if err.code != "multi_volume":
             raise
-        return load_volume(p, volume_index="all")
+        return load_within_budget(p, volume_index="all")
+
+
+def load_within_budget(path: str | os.PathLike[str], **kwargs) -> Volume:
+    """``load_volume`` refusing (``not_enough_memory``), before decompressing, a volume whose
+    session would not fit the viewer's budget; the image's bytes are reserved while the
+    returned ``Volume`` lives (see :mod:`apps.viewer.budget`)."""
+    held: list[Reservation] = []
+
+    def guard(header: VolumeHeader) -> None:
+        what = "a viewer session on this image"
+        BUDGET.check(viewer_session_need(header), what=what, path=header.path)
+        image = IMAGE_BYTES_PER_VOXEL * header.voxels
+        held.append(BUDGET.reserve(image, what="this image", path=header.path))
+
+    try:
+        volume = load_volume(path, on_header=guard, **kwargs)
+    except BaseException:
+        for reservation in held:
+            reservation.release()
+        raise
+    for reservation in held:
+        reservation.bind(volume)
+    return volume
 
 
 def open_labels(path: str | os.PathLike[str], image: Volume) -> Volume:
-    """Read a label map and check that it lies on ``image``'s grid (``grid_mismatch`` if not)."""
-    labels = load_volume(path, role="label")
+    """Read a label map and check that it lies on ``image``'s grid (``grid_mismatch`` if not;
+    a header with another shape is refused before the file is decompressed)."""
+
+    def same_shape(header: VolumeHeader) -> None:
+        if header.shape != image.spatial_shape:
+            raise InputError(
+                "grid_mismatch",
+                f"labels have shape {header.shape}, the image {image.spatial_shape}; open the "
+                "label map that belongs to this image",
+                path=header.path,
+            )
+
+    labels = load_volume(path, role="label", on_header=same_shape)
     check_same_grid(image, labels)
     return labels
 

@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from medseg.io.volume import Volume
+from medseg.inference.memory import viewer_session_need
+from medseg.io.volume import Volume, VolumeHeader
 from medseg.transforms.planes import AXES, PlaneView
 from medseg.viz import LabelStyle, Viewport
+
+from .budget import BUDGET
 
 HISTORY_DEPTH = 10  # undo steps kept per session
 MODES = ("crosshair", "point +", "point -", "box")
@@ -227,20 +230,32 @@ def new_session(
     window: tuple[float, float],
     preset: str,
 ) -> Session:
-    """A session on ``source`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``; channel 0 is displayed)."""
+    """A session on ``source`` (``(X, Y, Z)`` or ``(C, X, Y, Z)``; channel 0 is displayed).
+
+    Reserves the session's memory in the viewer's budget (:mod:`apps.viewer.budget`) until the
+    session is garbage collected; ``InputError`` (``not_enough_memory``) when it does not fit.
+    """
     image = source if source.array.ndim == 3 else source.with_array(source.array[0])
     shape = image.spatial_shape
-    base = np.zeros(shape, np.uint16) if labels is None else labels.astype(np.uint16)
-    base_names = dict(names or {})
-    return Session(
-        image=image,
-        source=source,
-        name=name,
-        labels=base.copy(),
-        names=dict(base_names),
-        base_labels=base,
-        base_names=base_names,
-        crosshair=tuple(s // 2 for s in shape),  # type: ignore[arg-type]
-        window=window,
-        preset=preset,
-    )
+    need = viewer_session_need(VolumeHeader.of(image), loaded=True)
+    reservation = BUDGET.reserve(need, what="a viewer session", path=source.meta.get("path"))
+    try:
+        base = np.zeros(shape, np.uint16) if labels is None else labels.astype(np.uint16)
+        base_names = dict(names or {})
+        session = Session(
+            image=image,
+            source=source,
+            name=name,
+            labels=base.copy(),
+            names=dict(base_names),
+            base_labels=base,
+            base_names=base_names,
+            crosshair=tuple(s // 2 for s in shape),  # type: ignore[arg-type]
+            window=window,
+            preset=preset,
+        )
+    except BaseException:
+        reservation.release()
+        raise
+    reservation.bind(session)
+    return session
