@@ -54,10 +54,20 @@ def launch(
     monitoring page, no MCP server, no browser run history, a bounded queue of ``max_queue``
     waiting events, ``concurrency`` display events at once, ``max_file_size`` uploads, and at
     most ``max_sessions`` sessions in memory (the oldest is dropped; a session holds its label
-    map and up to 32 slice embeddings, tens to hundreds of MB).
+    map and up to 32 slice embeddings, tens to hundreds of MB; the memory budget of
+    :mod:`apps.viewer.budget` refuses sessions that would not fit). With ``auth``, every route
+    needs the login (:mod:`apps.viewer.login`, which also lists what it does not protect).
     """
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency)
+    app_kwargs = None
+    if auth is not None:  # Gradio's auth leaves routes open and the login page carries the schema
+        from starlette.middleware import Middleware
+
+        from .login import LoginRequired
+
+        app_kwargs = {"middleware": [Middleware(LoginRequired)]}
     return demo.launch(
+        app_kwargs=app_kwargs,
         server_name=host,
         server_port=port,
         auth=auth,

@@ -136,7 +136,8 @@ def hub_from_checkpoints(
     """Sort ``--checkpoint`` files: a plain state dict is LiteMedSAM weights; a ``medseg fit``
     checkpoint is a restoration model when its hyper-parameters hold ``restoration``, else a
     segmentation model. Models are named after the file stem (``last``, ``last-2``, ... when
-    stems repeat) and loaded now, so a bad file fails at start-up (:class:`ModelError`, exit 4).
+    stems repeat) and loaded now, LiteMedSAM weights included, so a bad file fails at start-up
+    (:class:`ModelError`, exit 4).
     ``trusted``: also load ``medseg fit`` checkpoints holding arbitrary pickled objects
     (``--trust-checkpoint``; trusted sources only)."""
     from medseg.inference.automatic import AutomaticSegmenter
@@ -161,6 +162,8 @@ def hub_from_checkpoints(
             )
         else:
             raise ModelError("bad_checkpoint", "not a torch checkpoint", path=str(path))
+    if hub.litemedsam_checkpoint is not None:
+        hub.session_predictor()  # load and check the weights now: a bad file exits 4 here
     return hub
 
 
