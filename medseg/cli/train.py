@@ -13,7 +13,9 @@ the latest ``fit``; ``config_<subcommand>.yaml`` for the others), ``metrics.csv`
 ``epoch=E-step=S-dice=D.ckpt`` on ``val/dice``; ``...-psnr=P.ckpt`` on ``val/psnr`` for
 restoration), ``on_exception.ckpt`` and ``predictions/``.
 
-Exit codes: 0 ok; 2 bad arguments/config or a case that cannot be read; 3 a run file could not
+Exit codes: 0 ok; 2 bad arguments/config (also ``accelerator: gpu`` on a machine without a GPU:
+one line naming ``--trainer.accelerator=cpu --trainer.precision=32``) or a case that cannot be
+read; 3 a run file could not
 be written (disk full, quota: the previous checkpoints stay intact); 4 non-finite loss;
 143 SIGTERM (Lightning itself exits 0; RELIABILITY.md §B.6) and 130 Ctrl-C, both after
 ``on_exception.ckpt`` is written so ``--ckpt_path last`` resumes from the interruption.
@@ -47,7 +49,7 @@ from medseg.engine.callbacks import CheckpointHygiene
 from medseg.engine.loggers import RunCSVLogger
 from medseg.errors import InputError, MedsegError
 
-__all__ = ["COMMANDS", "MedsegCLI", "SegmentationWriter", "main"]
+__all__ = ["COMMANDS", "MedsegCLI", "SegmentationWriter", "check_accelerator", "main"]
 
 COMMANDS = ("fit", "validate", "test", "predict")
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
@@ -97,6 +99,15 @@ class MedsegCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target, fn in _LINKS:
             parser.link_arguments(source, target, compute_fn=fn, apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then refuse a GPU accelerator on a machine without one before anything is
+        seeded or built (the experiment configs name ``accelerator: gpu``; Lightning would end
+        in a 30-line traceback)."""
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        cfg = self.config.get(sub, self.config) if sub else self.config
+        check_accelerator(cfg.get("trainer") or {})
 
     def before_fit(self) -> None:
         """Refuse to start a fresh run on top of another run's checkpoints (a SLURM requeue,
@@ -154,6 +165,35 @@ class MedsegCLI(LightningCLI):
         name = Path(str(files[-1])).stem if files else "default"
         fold = getattr(self.datamodule, "fold", None)
         return Path("runs") / name / (f"fold{fold}" if fold is not None else "")
+
+
+def check_accelerator(trainer: Any) -> None:
+    """:class:`InputError` (exit 2, one line) when ``trainer.accelerator`` asks for a GPU that
+    this machine does not have (``gpu``: CUDA or Apple MPS; ``cuda``; ``mps``), naming the
+    overrides that train on the CPU instead."""
+    from lightning.pytorch.accelerators import CUDAAccelerator, MPSAccelerator
+
+    wanted = trainer.get("accelerator")
+    if not isinstance(wanted, str):
+        return
+    name = wanted.lower()
+    found = {
+        "gpu": lambda: CUDAAccelerator.is_available() or MPSAccelerator.is_available(),
+        "cuda": CUDAAccelerator.is_available,
+        "mps": MPSAccelerator.is_available,
+    }.get(name)
+    if found is None or found():
+        return
+    fix = "--trainer.accelerator=cpu --trainer.precision=32"
+    if str(trainer.get("devices", 1)) not in ("1", "auto", "None"):
+        fix += " --trainer.devices=1"
+    if "ddp" in str(trainer.get("strategy") or ""):
+        fix += " --trainer.strategy=auto"
+    raise InputError(
+        "no_gpu",
+        f"no GPU found (the config asks for trainer.accelerator: {wanted}); to train on the "
+        f"CPU instead add {fix}",
+    )
 
 
 def main(args: Sequence[str] | None = None) -> int:
