@@ -84,7 +84,7 @@ def test_cli_pairs_folders_writes_csv_and_summary(tmp_path, capsys):
     assert main(["evaluate", str(pred_dir), str(gt_dir), "--labels", "1", "-q"]) == 0
 
 
-def test_grid_mismatch_and_missing_prediction_exit_2_naming_the_file(tmp_path, capsys):
+def test_grid_mismatch_exits_2_naming_the_file_missing_predictions_noted(tmp_path, capsys):
     pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
     pred_dir.mkdir()
     gt_dir.mkdir()
@@ -98,14 +98,42 @@ def test_grid_mismatch_and_missing_prediction_exit_2_naming_the_file(tmp_path, c
     assert main(["evaluate", str(pred_dir), str(gt_dir), "-o", str(out), "-q"]) == 2
     err = capsys.readouterr().err
     assert f"error: {pred_dir / 'b_seg.nii.gz'}: prediction origin" in err
-    assert "no prediction for case c" in err
-    assert "2 case(s) failed" in err
+    assert "note: no prediction for 1 case(s) (not scored): c" in err
+    assert "error: 1 case(s) failed: b" in err  # a missing prediction is no failure
     assert {r["case"] for r in _rows(out)} == {"a"}  # the good case is still scored
     # single files: a shape mismatch names the prediction
     write_nifti(tmp_path / "small.nii.gz", _cube(shape=(20, 20, 12)), AFFINE)
     args = ["evaluate", str(tmp_path / "small.nii.gz"), str(gt_dir / "a.nii.gz"), "-q"]
     assert main(args) == 2
     assert f"{tmp_path / 'small.nii.gz'}: prediction shape" in capsys.readouterr().err
+
+
+def test_ground_truths_without_predictions_are_noted_once_and_the_rest_scored(tmp_path, capsys):
+    """Issue 15, item 8: a GT folder with more cases than predictions (a partial run, a test
+    split) scores what exists and exits 0; the unpredicted cases are counted in one note."""
+    pred_dir, gt_dir = tmp_path / "pred", tmp_path / "gt"
+    pred_dir.mkdir()
+    gt_dir.mkdir()
+    cases = [f"case{i:02d}" for i in range(9)]
+    for case in cases:
+        write_nifti(gt_dir / f"{case}.nii.gz", _cube(), AFFINE)
+    for case in cases[:2]:
+        write_nifti(pred_dir / f"{case}_seg.nii.gz", _cube(), AFFINE)
+    out = tmp_path / "m.csv"
+    assert main(["evaluate", str(pred_dir), str(gt_dir), "-o", str(out), "-q"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "note: no prediction for 7 case(s) (not scored): case02, case03, case04, case05, "
+        "case06, ... (7 in all)"
+    ]
+    assert {r["case"] for r in _rows(out)} == {"case00", "case01"}
+    # no prediction pairs with any ground truth: nothing to score is an error
+    other = tmp_path / "other"
+    other.mkdir()
+    write_nifti(other / "elsewhere_seg.nii.gz", _cube(), AFFINE)
+    assert main(["evaluate", str(other), str(gt_dir), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no prediction matches a ground-truth case (1 prediction(s)" in err[0]
 
 
 def _heart(lv: int, myo: int, rv: int, shape=(30, 30, 10)) -> np.ndarray:

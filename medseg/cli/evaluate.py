@@ -7,8 +7,10 @@ recursively for ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd`` files; hidd
   no ``*_seg`` file, every volume file. Its case name is ``X``;
 - a ground truth is every ``X_gt.<ext>`` file (ACDC); in a folder with no ``*_gt`` file, every
   volume file (``X.<ext>``, MSD ``labelsTr``). Its case name is ``X``;
-- cases pair by name. A ground truth without a prediction is an error (listed, exit 2); a
-  prediction without a ground truth is named in a ``note:`` line. Two files are paired as given.
+- cases pair by name. Ground truths without a prediction are counted and a few named in one
+  ``note:`` line (``no prediction for N case(s): ...``) and not scored; predictions without a
+  ground truth likewise. The run exits 0 when every prediction with a ground truth was scored;
+  no pair at all is an error (exit 2). Two files are paired as given.
 
 Every file is read with ``load_volume(role="label")``; a prediction must lie on its ground
 truth's grid (else exit 2 naming the file). Metric conventions (empty labels, HD95 in mm) are in
@@ -152,16 +154,28 @@ def pair_cases(pred: Path, gt: Path) -> tuple[dict[str, tuple[Path, Path]], list
     preds, gts = _index(pred, "_seg"), _index(gt, "_gt")
     if not gts:
         raise InputError("no_cases", "no label files found", path=str(gt))
-    failures: list[tuple[str, MedsegError]] = []
-    for case in sorted(set(gts) - set(preds)):
-        exc = InputError("missing_prediction", f"no prediction for case {case}", path=str(pred))
-        print(f"error: {exc}", file=sys.stderr)
-        failures.append((case, exc))
+    paired = sorted(set(preds) & set(gts))
+    if not paired:
+        raise InputError(
+            "no_cases",
+            f"no prediction matches a ground-truth case ({len(preds)} prediction(s), "
+            f"{len(gts)} ground truth(s); cases pair by name: X_seg.* with X.* or X_gt.*)",
+            path=str(pred),
+        )
+    missing = sorted(set(gts) - set(preds))
+    if missing:
+        print(f"note: no prediction for {len(missing)} case(s) (not scored): {_few(missing)}",
+              file=sys.stderr)  # fmt: skip
     extra = sorted(set(preds) - set(gts))
     if extra:
-        shown = ", ".join(extra[:5]) + (f", ... ({len(extra)})" if len(extra) > 5 else "")
-        print(f"note: predictions without ground truth (ignored): {shown}", file=sys.stderr)
-    return {c: (preds[c], gts[c]) for c in sorted(set(preds) & set(gts))}, failures
+        print(f"note: predictions without ground truth (ignored): {_few(extra)}", file=sys.stderr)
+    return {c: (preds[c], gts[c]) for c in paired}, []
+
+
+def _few(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, then how many there are in all."""
+    more = f", ... ({len(names)} in all)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def _index(folder: Path, tag: str) -> dict[str, Path]:
