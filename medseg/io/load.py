@@ -28,6 +28,9 @@ dicom_nonuniform      missing slice, uneven spacing, duplicate positions, tilted
 dicom_corrupt         a slice of the series is truncated/unreadable or lacks position tags
 dicom_unsupported     multi-frame (enhanced) DICOM
 grid_mismatch         (``check_same_grid``) label/second image not on the image's grid
+not_enough_memory     (an ``on_header`` guard, :mod:`medseg.inference.memory`) the work planned
+                      on this volume does not fit in memory; decided from the header, before
+                      any voxel is decompressed
 ===================== =====================================================================
 
 :func:`~medseg.io.save.save_volume` adds ``exists``, ``would_overwrite_input`` (InputError) and
