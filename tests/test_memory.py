@@ -215,3 +215,30 @@ def test_loaded_volume_header():
     header = VolumeHeader.of(vol)
     assert header.shape == (5, 6, 7) and header.channels == 2 and header.voxels == 420
     assert header.spacing == (1.0, 2.0, 3.0) and header.itemsize == 4
+
+
+def test_prompted_segmentation_checks_memory_before_any_copy(monkeypatch):
+    """``segment_with_prompt`` on a volume already in memory: the remaining work (8 bytes per
+    voxel and the embedding cache) is checked before ``to_uint8`` or the predictor runs."""
+    from medseg.inference.prompted import Prompt, segment_with_prompt
+
+    class Recorder:
+        def __init__(self):
+            self.stacks = []
+
+        def set_stack(self, stack):
+            self.stacks.append(stack)
+
+        def predict(self, index, **kw):
+            return np.ones(self.stacks[-1].shape[1:], bool), 1.0
+
+    volume = Volume(np.random.default_rng(0).random((40, 30, 20), np.float32), np.eye(4))
+    prompt = Prompt("axial", 10, box=(2.0, 2.0, 20.0, 20.0))
+    monkeypatch.setenv("MEDSEG_MAX_MEMORY", "64M")  # 40 embeddings (largest side) are 160 MiB
+    predictor = Recorder()
+    with pytest.raises(InputError, match="prompted segmentation needs about 0.16 GiB, 0.06 GiB"):
+        segment_with_prompt(volume, prompt, predictor, propagate=False)
+    assert predictor.stacks == []
+    monkeypatch.setenv("MEDSEG_MAX_MEMORY", "1G")
+    labels = segment_with_prompt(volume, prompt, predictor, propagate=False)
+    assert labels.shape == (40, 30, 20) and len(predictor.stacks) == 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.volume import Volume
+from medseg.io.volume import Volume, VolumeHeader
 from medseg.transforms.planes import PlaneView, world_to_voxel
 
 
@@ -138,13 +138,19 @@ def segment_with_prompt(
         stop_at: ``(lo, hi)`` inclusive voxel range along the plane's slice axis that
             propagation stays within (``InputError`` unless ``lo <= slice <= hi``).
         progress: called with the number of slices done.
+
+    Raises:
+        InputError: ``not_enough_memory`` when the work on this volume would not fit
+            (:func:`medseg.inference.memory.check_prompted`), ``multi_channel``, ``bad_prompt``.
     """
     from medseg.inference.litemedsam import to_uint8
+    from medseg.inference.memory import check_prompted
 
     if volume.num_channels != 1:
         raise InputError(
             "multi_channel", f"{volume.num_channels} channels; choose one with --volume N"
         )
+    check_prompted(VolumeHeader.of(volume))  # not_enough_memory before any copy is made
     view = PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis)
     prompt = validate_prompt(prompt, view)
     stack = np.ascontiguousarray(to_uint8(view.stack(volume.array), window=window))
