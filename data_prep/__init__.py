@@ -1,17 +1,16 @@
 """Raw MSD / ACDC downloads -> ``dataset.json``, ``splits.json``, ``fingerprint.json``.
 
 The raw folders are indexed **in place** (never copied, never modified); the three JSON files are
-written to a separate prepared folder (``medseg prepare msd|acdc --src RAW --out PREP``) and read
-back with :func:`load_prepared`. ``data_prep`` imports only :mod:`medseg.io` and
-:mod:`medseg.errors` from medseg (DESIGN.md §1).
+written to a separate prepared folder (``medseg prepare msd|acdc --src RAW --out PREP``). The
+library reads them back (:func:`medseg.data.prepared_files.load_prepared`, ``case_paths``; ACDC
+``Info.cfg``: :func:`medseg.data.acdc.parse_info_cfg`): ``data_prep`` imports medseg, medseg never
+imports ``data_prep``, and ``data_prep`` never imports ``medseg.cli`` or ``apps`` (DESIGN.md §1).
 
 API
 ===
 
 - :func:`prepare` ``(layout, src, out, *, seed=12345, skip_bad=False, folds=5, overwrite=False,
   progress=None) -> Path`` index, check, split, fingerprint; returns ``out``.
-- :func:`load_prepared` ``(prep_dir, *, root=None) -> (dataset, splits, fingerprint)``.
-- :func:`case_paths` ``(dataset, entry) -> (image Path, label Path | None)`` absolute paths.
 - :func:`write_synthetic` ``(layout, out, *, cases=None, test_cases=None, channels=1, ct=False,
   seed=0) -> Path`` writes a small raw dataset (see :mod:`data_prep.synthetic`); returns the
   folder to pass as ``src``.
@@ -79,7 +78,7 @@ axes other than ``slice_axis``, in increasing order. CT normalisation follows nn
 std (computed before clipping) of all training cases.
 """
 
-from data_prep.prepare import case_paths, load_prepared, prepare
+from data_prep.prepare import prepare
 from data_prep.synthetic import write_synthetic
 
-__all__ = ["case_paths", "load_prepared", "prepare", "write_synthetic"]
+__all__ = ["prepare", "write_synthetic"]

@@ -18,7 +18,8 @@ Layout (ANCHORS.md §12.2)::
 Each patient gives two cases, ``patientNNN_ED`` and ``patientNNN_ES``; patients in ``testing/``
 go to ``"test"`` **with** their labels (the current release ships them). Folder and file names
 starting with ``.`` or ``_`` (macOS ``._*``) are ignored. ``.nii`` is accepted when ``.nii.gz``
-is absent. Files are not opened here (except ``Info.cfg``); :mod:`data_prep.checks` reads them.
+is absent. Files are not opened here (except ``Info.cfg``, read by the library's
+:func:`medseg.data.acdc.parse_info_cfg`); :mod:`data_prep.checks` reads them.
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medseg.data.acdc import parse_info_cfg
 from medseg.errors import InputError
 
 LABELS = {"0": "background", "1": "RV", "2": "MYO", "3": "LV"}
 CHANNEL = "cineMRI"  # nnU-Net's channel name for ACDC (z-score normalisation)
 PHASES = ("ED", "ES")
 _PATIENT = re.compile(r"^patient\d{3}$")
-_INT_KEYS = ("ED", "ES", "NbFrame")
-_FLOAT_KEYS = ("Height", "Weight")
 
 
 def index_acdc(src: str | Path) -> dict[str, Any]:
@@ -84,52 +84,6 @@ def find_patient_dirs(root: Path) -> tuple[list[Path], list[Path]]:
     return found
 
 
-def parse_info_cfg(path: str | Path) -> dict[str, Any]:
-    """Parse a headerless ``Info.cfg``: ``{"ED": int, "ES": int, "Group": str, "Height": float,
-    "NbFrame": int, "Weight": float}`` (ED/ES/NbFrame required; the others may be missing -> None).
-
-    Lines are ``Key: value`` (``Key = value`` too); blank lines, ``#`` comments and an INI
-    ``[section]`` line are ignored. Raises InputError ``bad_info_cfg`` naming the key.
-    """
-    p = Path(path)
-    where = str(p)
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        raise InputError("not_found", "Info.cfg not found", path=where) from None
-    except OSError as e:
-        raise InputError("permission", f"cannot read Info.cfg ({e.strerror})", path=where) from e
-    values: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith(("#", ";", "[")):
-            continue
-        key, sep, value = line.partition(":")
-        if not sep:
-            key, sep, value = line.partition("=")
-        if not sep:
-            raise InputError(
-                "bad_info_cfg", f"Info.cfg line {line!r} is not 'Key: value'", path=where
-            )
-        values[key.strip()] = value.strip()
-    out: dict[str, Any] = {}
-    for key in _INT_KEYS:
-        if key not in values:
-            raise InputError("bad_info_cfg", f"Info.cfg has no {key!r}", path=where)
-        out[key] = _number(values[key], key, where, int)
-    for key in _FLOAT_KEYS:
-        out[key] = _number(values[key], key, where, float) if key in values else None
-    out["Group"] = values.get("Group")
-    for key in ("ED", "ES"):
-        if not 1 <= out[key] <= max(out["NbFrame"], 1):
-            raise InputError(
-                "bad_info_cfg",
-                f"Info.cfg {key}={out[key]} is outside frames 1..{out['NbFrame']}",
-                path=where,
-            )
-    return out
-
-
 def patient_cases(patient_dir: Path, root: Path) -> list[dict[str, Any]]:
     """The ED and ES cases of one patient folder (paths relative to ``root``)."""
     pid = patient_dir.name
@@ -168,19 +122,3 @@ def _frame_file(patient_dir: Path, stem: str) -> Path:
     gz = patient_dir / f"{stem}.nii.gz"
     plain = patient_dir / f"{stem}.nii"
     return plain if not gz.exists() and plain.exists() else gz
-
-
-def _number(text: str, key: str, where: str, kind: type) -> Any:
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(
-            "bad_info_cfg", f"Info.cfg {key}={text!r} is not a number", path=where
-        ) from None
-    if kind is int:
-        if value != int(value):
-            raise InputError(
-                "bad_info_cfg", f"Info.cfg {key}={text!r} is not a whole number", path=where
-            )
-        return int(value)
-    return value

@@ -1,8 +1,9 @@
-"""``prepare``: raw folder -> ``OUT/{dataset,splits,fingerprint}.json``; ``load_prepared`` back.
+"""``prepare``: raw folder -> ``OUT/{dataset,splits,fingerprint}.json``.
 
 The raw folder is only read. ``OUT`` must not be the raw folder or inside it; the three files are
 written atomically (temporary file in ``OUT`` + fsync + rename), so a reader never sees half a
-file. Schemas: :mod:`data_prep`.
+file. Schemas: :mod:`data_prep`; the library reads them back
+(:func:`medseg.data.prepared_files.load_prepared`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from data_prep.checks import check_dataset
 from data_prep.fingerprint import CaseStats, case_stats, compute_fingerprint, is_ct
 from data_prep.msd import index_msd
 from data_prep.splits import make_splits
+from medseg.data.prepared_files import PREPARED_FILES as FILES
 from medseg.errors import InputError, OutputError
 
 LAYOUTS = ("msd", "acdc")
-FILES = ("dataset.json", "splits.json", "fingerprint.json")
 DEFAULT_SEED = 12345
 
 
@@ -90,56 +91,6 @@ def prepare(
     return out_path
 
 
-def load_prepared(
-    prep_dir: str | Path, *, root: str | Path | None = None
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Read ``(dataset, splits, fingerprint)`` from a prepared folder.
-
-    ``root`` replaces ``dataset["root"]`` (the raw data moved, or ``MEDSEG_DATA_ROOT``). Raises
-    InputError ``not_prepared`` (a file is missing: run ``medseg prepare`` first),
-    ``bad_prepared`` (not valid JSON / wrong keys) or ``not_found`` (the raw folder is gone).
-    """
-    folder = Path(prep_dir).expanduser()
-    loaded = []
-    for name in FILES:
-        path = folder / name
-        if not path.is_file():
-            raise InputError(
-                "not_prepared",
-                f"{name} not found; run `medseg prepare msd|acdc --src RAW --out {folder}` first",
-                path=str(path),
-            )
-        try:
-            loaded.append(json.loads(path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(
-                "bad_prepared",
-                f"{name} is not valid JSON; re-run `medseg prepare ... --overwrite`",
-                path=str(path),
-            ) from e
-    dataset, splits, fingerprint = loaded
-    _require(dataset, ("root", "labels", "channel_names", "training", "test"), folder / FILES[0])
-    _require(splits, ("seed", "folds"), folder / FILES[1])
-    _require(fingerprint, ("spatial_dims", "target_spacing", "normalisation"), folder / FILES[2])
-    if root is not None:
-        dataset["root"] = str(Path(root).expanduser().resolve())
-    if not Path(dataset["root"]).is_dir():
-        raise InputError(
-            "not_found",
-            f"raw data folder {dataset['root']} (dataset.json 'root') not found; pass root=... "
-            "or re-run `medseg prepare`",
-            path=str(folder / FILES[0]),
-        )
-    return dataset, splits, fingerprint
-
-
-def case_paths(dataset: dict[str, Any], entry: dict[str, Any]) -> tuple[Path, Path | None]:
-    """Absolute ``(image, label or None)`` paths of a ``training``/``test`` entry."""
-    root = Path(dataset["root"])
-    label = entry.get("label")
-    return root / entry["image"], (root / label if label else None)
-
-
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to ``path`` via a temporary file in the same folder, fsync and rename."""
     text = json.dumps(payload, indent=2) + "\n"
@@ -173,14 +124,4 @@ def _check_targets(out: Path, overwrite: bool) -> None:
             "exists",
             f"{', '.join(existing)} already exist; use --overwrite to replace them",
             path=str(out),
-        )
-
-
-def _require(payload: Any, keys: tuple[str, ...], path: Path) -> None:
-    missing = [k for k in keys if not isinstance(payload, dict) or k not in payload]
-    if missing:
-        raise InputError(
-            "bad_prepared",
-            f"missing key(s) {missing}; re-run `medseg prepare ... --overwrite`",
-            path=str(path),
         )

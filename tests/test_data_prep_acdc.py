@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep.acdc import LABELS, index_acdc, parse_info_cfg
+from data_prep.acdc import LABELS, index_acdc
 from data_prep.synthetic import write_acdc
+from medseg.data.acdc import parse_info_cfg
 from medseg.errors import InputError
 from medseg.io import load_volume
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import case_paths, load_prepared, prepare, write_synthetic
+from data_prep import prepare, write_synthetic
 from medseg.cli.main import main
+from medseg.data.prepared_files import case_paths, load_prepared
 from medseg.errors import InputError
 from medseg.io import load_volume
 
@@ -159,7 +160,9 @@ def test_cli_argument_errors_exit_2(tmp_path, capsys):
     assert main(["prepare", "synthetic", "--layout", "acdc", "--out", str(tmp_path), "--ct"]) == 2
 
 
-def test_data_prep_imports_only_medseg_io_and_errors():
+def test_data_prep_imports_only_medseg_io_data_and_errors():
+    """``data_prep`` writes the prepared format; the library's readers (``medseg.data``) and
+    ``medseg.io`` are all it takes from medseg (tests/test_architecture.py: never the CLI)."""
     for path in sorted((ROOT / "data_prep").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = []
@@ -170,5 +173,5 @@ def test_data_prep_imports_only_medseg_io_and_errors():
             for name in names:
                 top = name.split(".")
                 if top[0] == "medseg":
-                    assert top[1] in {"io", "errors"}, f"{path.name} imports {name}"
+                    assert top[1] in {"io", "data", "errors"}, f"{path.name} imports {name}"
                 assert top[0] not in {"torch", "monai", "lightning"}, f"{path.name}: {name}"

@@ -274,7 +274,7 @@ def _phases(patient: str, cases: dict[int, str], volumes, phases: dict, guessed:
     else:
         info = Path(volumes[next(iter(cases.values()))]["path"]).parent / "Info.cfg"
         if info.is_file():
-            from data_prep.acdc import parse_info_cfg
+            from medseg.data.acdc import parse_info_cfg
 
             cfg = parse_info_cfg(info)
             ed, es = cfg["ED"], cfg["ES"]

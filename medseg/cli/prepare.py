@@ -51,7 +51,8 @@ def add_parser(sub, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data_prep import load_prepared, prepare
+    from data_prep import prepare
+    from medseg.data.prepared_files import load_prepared
 
     progress = None
     if not args.quiet:

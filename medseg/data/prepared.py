@@ -18,6 +18,7 @@ from lightning.pytorch import LightningDataModule
 from monai.data import DataLoader
 from torch.utils.data import Dataset, RandomSampler
 
+from medseg.data.prepared_files import load_prepared
 from medseg.errors import InputError
 
 __all__ = ["PreparedDataModule"]
@@ -48,8 +49,6 @@ class PreparedDataModule(LightningDataModule):
 
     @cached_property
     def _prepared(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        from data_prep import load_prepared
-
         return load_prepared(self.prep_path, root=self.root)
 
     @property
