@@ -14,13 +14,8 @@ from training_kit import make_prepared, tiny_config
 
 from medseg.cli.main import main as medseg_main
 from medseg.cli.train import main
-from medseg.engine.promptable import (
-    PromptableSegmentationTask,
-    boxes_from_masks,
-    from_frame,
-    jitter_boxes,
-    to_frame,
-)
+from medseg.engine.promptable import PromptableSegmentationTask
+from medseg.transforms.prompts import boxes_from_masks, from_frame, jitter_boxes, to_frame
 
 
 def test_boxes_from_masks_and_empty_masks_give_the_full_image():

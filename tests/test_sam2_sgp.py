@@ -211,8 +211,8 @@ def test_tiny_overfits_a_few_slices_leave_one_out():
     from test_db_sam import _ellipses
 
     from medseg.engine import PromptableSegmentationTask
-    from medseg.engine.promptable import from_frame, to_frame
     from medseg.metrics import SegmentationMetrics
+    from medseg.transforms.prompts import from_frame, to_frame
 
     torch.manual_seed(0)
     x, y = _ellipses(4)

@@ -1,22 +1,26 @@
-"""``MedsegTask``: what every medseg LightningModule shares.
+"""``MedsegTask``: what every medseg LightningModule shares, and ``ScoredSegmentationTask``, the
+Dice/HD95 bookkeeping of the segmentation tasks.
 
 - the non-finite guards of :mod:`medseg.engine.guards`: a NaN/Inf gradient stops training
   before the optimiser step, and a checkpoint with non-finite weights is never written;
 - validation and test wired to two methods each task defines: ``_evaluate(batch, stage)`` per
   batch and ``_log_metrics(stage)`` at the end of the epoch (``stage`` is ``"val"`` or
-  ``"test"``).
+  ``"test"``). Segmentation tasks get both halves of the scoring from
+  :class:`ScoredSegmentationTask`: ``_score`` per volume, ``_log_metrics`` per epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 
 from medseg.engine.guards import check_finite_gradients, check_finite_weights
+from medseg.metrics.segmentation import SegmentationMetrics
 
-__all__ = ["MedsegTask"]
+__all__ = ["MedsegTask", "ScoredSegmentationTask"]
 
 
 class MedsegTask(LightningModule):
@@ -46,3 +50,54 @@ class MedsegTask(LightningModule):
 
     def _log_metrics(self, stage: str) -> None:
         raise NotImplementedError
+
+
+class ScoredSegmentationTask(MedsegTask):
+    """A task scored with :class:`~medseg.metrics.SegmentationMetrics` per stage.
+
+    Subclasses set ``self.hd95`` (bool), ``self.preprocessing`` (dict or None; its ``labels``
+    ``{"1": name, ...}`` name the per-class metrics) and ``self._metrics = {}`` in their
+    constructor, and call :meth:`_score` from ``_evaluate``. Logged per epoch: ``{stage}/dice``
+    (progress bar), ``{stage}/dice_<class name>`` and, with HD95, ``{stage}/hd95``.
+    """
+
+    hd95: bool
+    preprocessing: dict[str, Any] | None
+    _metrics: dict[str, SegmentationMetrics]
+
+    def _score(
+        self,
+        stage: str,
+        pred: torch.Tensor,
+        label: torch.Tensor,
+        num_classes: int,
+        spacing: Sequence[float] | None,
+    ) -> None:
+        """Add one batch of volumes: ``pred`` logits ``(B, K, ...)`` or class indices
+        ``(B, 1, ...)``, ``label`` ``(B, 1, ...)``; ``spacing`` in mm (HD95 in voxels if None)."""
+        metrics = self._metrics.get(stage)
+        if metrics is None or metrics.num_classes != num_classes:
+            metrics = self._metrics[stage] = SegmentationMetrics(num_classes, hd95=self.hd95)
+        metrics.update(pred, label, spacing=spacing)
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics = self._metrics.get(stage)
+        if metrics is None:
+            return
+        result = metrics.compute()
+        metrics.reset()
+        if not result:
+            return
+        labels = (self.preprocessing or {}).get("labels") or {}
+        names = [labels.get(str(i), f"class{i}") for i in range(1, metrics.num_classes)]
+        per_class = zip(names, result["dice_per_class"], strict=True)
+        values = {f"{stage}/dice_{_slug(n)}": v for n, v in per_class}
+        if "hd95" in result:
+            values[f"{stage}/hd95"] = result["hd95"]
+        self.log(f"{stage}/dice", result["dice"], prog_bar=True, sync_dist=True)
+        self.log_dict(values, sync_dist=True)
+
+
+def _slug(name: str) -> str:
+    """A metric-name-safe class name: anything but letters, digits, ``-`` and ``_`` -> ``_``."""
+    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name.strip())

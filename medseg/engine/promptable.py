@@ -35,33 +35,26 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from medseg.engine.base import MedsegTask
+from medseg.engine.base import ScoredSegmentationTask
 from medseg.engine.guards import check_finite_loss
-from medseg.engine.prompts import (
+from medseg.engine.segmentation import _plain
+from medseg.engine.support_training import chunk_step, slice_step
+from medseg.errors import ModelError
+from medseg.metrics import SegmentationMetrics
+from medseg.transforms.prompts import (
     boxes_from_masks,
     from_frame,
     jitter_boxes,
     low_res_target,
     to_frame,
 )
-from medseg.engine.segmentation import _plain, _slug
-from medseg.engine.support_training import chunk_step, slice_step
-from medseg.errors import ModelError
-from medseg.metrics import SegmentationMetrics
 
-__all__ = [
-    "BCEWithPosWeight",
-    "PromptableSegmentationTask",
-    "boxes_from_masks",
-    "jitter_boxes",
-    "to_frame",
-    "without_weight_files",
-]
+__all__ = ["BCEWithPosWeight", "PromptableSegmentationTask", "without_weight_files"]
 
 WEIGHT_FILE_ARGS = ("sam_checkpoint", "sam2_checkpoint")
 
 
-class PromptableSegmentationTask(MedsegTask):
+class PromptableSegmentationTask(ScoredSegmentationTask):
     """Promptable (box) or support-prompted fine-tuning on 2-D slices (support nets: also 3-D
     on chunks of consecutive slices).
 
@@ -275,29 +268,8 @@ class PromptableSegmentationTask(MedsegTask):
             pred = torch.cat(preds)
         if axis:
             pred = pred.transpose(0, 1)[None].movedim(2, axis)
-        if stage not in self._metrics or self._metrics[stage].num_classes != k:
-            self._metrics[stage] = SegmentationMetrics(k, hd95=self.hd95)
         spacing = (self.preprocessing or {}).get("target_spacing") if axis else None
-        self._metrics[stage].update(pred, label, spacing=spacing)
-
-    def _log_metrics(self, stage: str) -> None:
-        metrics = self._metrics.get(stage)
-        if metrics is None:
-            return
-        result = metrics.compute()
-        metrics.reset()
-        if not result:
-            return
-        labels = (self.preprocessing or {}).get("labels") or {}
-        names = [labels.get(str(i), f"class{i}") for i in range(1, metrics.num_classes)]
-        values = {
-            f"{stage}/dice_{_slug(n)}": v
-            for n, v in zip(names, result["dice_per_class"], strict=True)
-        }
-        if "hd95" in result:
-            values[f"{stage}/hd95"] = result["hd95"]
-        self.log(f"{stage}/dice", result["dice"], prog_bar=True, sync_dist=True)
-        self.log_dict(values, sync_dist=True)
+        self._score(stage, pred, label, k, spacing)
 
     # optimisation ------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -376,6 +348,6 @@ def without_weight_files(hparams: dict[str, Any]) -> tuple[dict[str, Any], dict[
     return {**hparams, "net": net}, removed
 
 
-def _generator(task: MedsegTask) -> torch.Generator:
+def _generator(task: ScoredSegmentationTask) -> torch.Generator:
     """Per-step generator seeded from the global RNG (so ``seed_everything`` fixes it)."""
     return torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))

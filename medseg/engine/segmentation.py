@@ -24,7 +24,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from medseg.engine.base import MedsegTask
+from medseg.engine.base import ScoredSegmentationTask
 from medseg.engine.guards import (
     NonFiniteLossError,
     check_finite_loss,
@@ -38,7 +38,7 @@ __all__ = ["NonFiniteLossError", "SegmentationTask"]
 SCHEDULES = ("poly", "cosine", "constant")
 
 
-class SegmentationTask(MedsegTask):
+class SegmentationTask(ScoredSegmentationTask):
     """Supervised segmentation with Dice+CE, sliding-window validation, Dice/HD95 metrics.
 
     Args:
@@ -135,7 +135,7 @@ class SegmentationTask(MedsegTask):
         )
         return loss
 
-    # prediction (validation and test hooks: MedsegTask) -------------------------------------------
+    # prediction (validation and test hooks: ScoredSegmentationTask) ---------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Arg-max labels mapped back onto each input grid.
 
@@ -222,33 +222,10 @@ class SegmentationTask(MedsegTask):
         logits = self.predict_logits(image)
         loss = self.loss_fn(logits, label)
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=len(image), sync_dist=True)
-        k = logits.shape[1]
-        if stage not in self._metrics or self._metrics[stage].num_classes != k:
-            self._metrics[stage] = SegmentationMetrics(k, hd95=self.hd95)
         spacing = (self.preprocessing or {}).get("target_spacing")
-        self._metrics[stage].update(logits, label, spacing=spacing)
-
-    def _log_metrics(self, stage: str) -> None:
-        metrics = self._metrics.get(stage)
-        if metrics is None:
-            return
-        result = metrics.compute()
-        metrics.reset()
-        if not result:
-            return
-        names = self.label_names or [f"class{i}" for i in range(1, metrics.num_classes)]
-        per_class = zip(names, result["dice_per_class"], strict=True)
-        values = {f"{stage}/dice_{_slug(n)}": v for n, v in per_class}
-        if "hd95" in result:
-            values[f"{stage}/hd95"] = result["hd95"]
-        self.log(f"{stage}/dice", result["dice"], prog_bar=True, sync_dist=True)
-        self.log_dict(values, sync_dist=True)
+        self._score(stage, logits, label, logits.shape[1], spacing)
 
 
 def _plain(x: Any) -> torch.Tensor:
     """MetaTensor -> plain tensor (metadata is not needed inside the net or the loss)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else x
-
-
-def _slug(name: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name.strip())

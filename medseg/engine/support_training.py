@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from medseg.engine.prompts import low_res_target, to_frame
+from medseg.transforms.prompts import low_res_target, to_frame
 
 __all__ = ["chunk_step", "pick_class", "slice_step"]
 

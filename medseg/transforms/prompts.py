@@ -1,6 +1,9 @@
 """Prompt geometry for SAM-family tasks and predictors: the net frame (resize longest side,
 pad bottom/right) and box prompts from masks (MedSAM conventions).
 
+Pure torch (no Lightning): the training tasks (:mod:`medseg.engine.promptable`) and the
+predictors (:mod:`medseg.inference.sam_family`) share it, so a predictor never imports a task.
+
 Boxes are ``(x0, y0, x1, y1)`` inclusive pixel coordinates (x = column, y = row) of the frame
 they are given in.
 """
