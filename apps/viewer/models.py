@@ -141,13 +141,16 @@ def hub_from_checkpoints(
     ``trusted``: also load ``medseg fit`` checkpoints holding arbitrary pickled objects
     (``--trust-checkpoint``; trusted sources only)."""
     from medseg.inference.automatic import AutomaticSegmenter
-    from medseg.inference.checkpoints import checkpoint_kind, is_restoration_checkpoint
+    from medseg.inference.checkpoints import (
+        check_checkpoint_file,
+        checkpoint_kind,
+        is_restoration_checkpoint,
+    )
 
     hub = ModelHub(device=device, precision=precision, threads=threads)
     for path in paths:
+        check_checkpoint_file(path)  # a FIFO or a device is refused before any open
         kind = checkpoint_kind(path)
-        if not Path(path).is_file():
-            raise ModelError("checkpoint_not_found", "checkpoint not found", path=str(path))
         if kind == "state_dict":
             hub.litemedsam_checkpoint = str(path)
         elif kind == "lightning" and is_restoration_checkpoint(path, trusted=trusted):

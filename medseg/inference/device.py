@@ -1,4 +1,8 @@
-"""Device and precision resolution for inference (``device="auto"`` everywhere, DESIGN rule 10)."""
+"""Device and precision resolution for inference (``device="auto"`` everywhere, DESIGN rule 10).
+
+:func:`resolve_device` is defined once, in :mod:`medseg.models.device` (the model loaders need it
+too), and re-exported here beside the precision choice.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from medseg.errors import ModelError
+from medseg.models.device import resolve_device
 
 __all__ = [
     "Precision",
@@ -25,31 +29,6 @@ Precision = Literal["fp32", "bf16"]
 _BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> ``cuda`` when available, else ``cpu``; ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
-
-    Raises:
-        ModelError: CUDA asked for but not available, a CUDA index out of range, or an unknown
-            device string.
-    """
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ModelError("device", f"unknown device {device!r}; use auto, cpu or cuda[:N]") from err
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError("device", "CUDA not available; use --device cpu or auto")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ModelError(
-                "device", f"no CUDA device {resolved.index} ({torch.cuda.device_count()} present)"
-            )
-    elif resolved.type != "cpu":
-        raise ModelError("device", f"unsupported device {device!r}; use auto, cpu or cuda[:N]")
-    return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> Precision:

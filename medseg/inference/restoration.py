@@ -20,8 +20,10 @@ direction, and an origin moved by ``(1/s - 1)/2`` of an old voxel along that axi
 field of view (voxel edges) covers exactly the same physical box. A 2-D net upsamples the two
 in-plane RAS axes only; the slice axis keeps its voxels.
 
-**Trust.** As for segmentation checkpoints (:mod:`medseg.inference.automatic`): load only
-checkpoints you trust; a checkpoint holding arbitrary pickled objects needs ``trusted=True``.
+**Checkpoints** are read by :func:`medseg.inference.checkpoints.load_restoration_checkpoint`
+(regular files only, zip CRCs and finite weights checked). **Trust.** As for segmentation
+checkpoints: load only checkpoints you trust; a checkpoint holding arbitrary pickled objects
+needs ``trusted=True``.
 """
 
 from __future__ import annotations
@@ -39,23 +41,18 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from torch import nn
 
-from medseg.errors import InputError, ModelError
-from medseg.inference.checkpoints import (
-    check_lightning_checkpoint,
-    checkpoint_hparams,
-    load_task,
-)
-from medseg.inference.device import resolve_device
+from medseg.errors import InputError
+from medseg.inference.checkpoints import load_restoration_checkpoint
 from medseg.inference.memory import allocation_errors, check_memory, header_guard, restoration_need
 from medseg.inference.windows import check_windows, count_windows
 from medseg.io import Volume, VolumeHeader
+from medseg.models.device import resolve_device
 from medseg.transforms.intensity import denormalise, fit_intensity, normalise
 
 __all__ = [
     "RestorationOutput",
     "choose_partitioner",
     "Restorer",
-    "load_restoration_checkpoint",
     "super_resolved_affine",
 ]
 
@@ -297,25 +294,3 @@ def _describe(partitioner: Any) -> dict[str, Any] | None:
         "name": str(getattr(partitioner, "name", type(partitioner).__name__)),
         "faithful": bool(getattr(partitioner, "faithful", False)),
     }
-
-
-def load_restoration_checkpoint(
-    path: str | os.PathLike[str], *, device: torch.device, trusted: bool = False
-) -> tuple[nn.Module, dict[str, Any]]:
-    """``(net, restoration)`` from a restoration checkpoint; DISGAN gives its generator.
-    :class:`ModelError` (exit 4) with a one-line reason otherwise."""
-    from medseg.engine.restoration import AdversarialRestorationTask, RestorationTask
-
-    check_lightning_checkpoint(path)
-    hp = checkpoint_hparams(path, trusted=trusted)
-    if not hp.get("restoration"):
-        raise ModelError(
-            "not_restoration",
-            "a segmentation checkpoint, not a restoration one: use `medseg segment`",
-            path=str(path),
-        )
-    adversarial = "adv_weight" in hp
-    task_cls = AdversarialRestorationTask if adversarial else RestorationTask
-    task = load_task(path, task_cls, device=device, trusted=trusted)
-    net = task.net.generator if adversarial else task.net
-    return net.eval(), dict(task.restoration)

@@ -1,9 +1,10 @@
 """DB-SAM and SAM2-SGP on slice stacks: loading, a box-prompt predictor, a support predictor.
 
 Stacks are ``(S, H, W)`` uint8 display slices (see :mod:`medseg.inference.prompted`). Each
-slice goes through the training frame of :mod:`medseg.engine.promptable` (per-slice min-max to
+slice goes through the training frame of :mod:`medseg.transforms.prompts` (per-slice min-max to
 [0, 1], longest side resized to the net's ``image_size``, padded bottom/right) and the logits
-come back through the same geometry.
+come back through the same geometry. Fine-tuned ``medseg fit`` checkpoints are read by
+:func:`medseg.inference.checkpoints.load_promptable_checkpoint` (the only Lightning import).
 
 - :class:`BoxPromptPredictor` (DB-SAM) has LiteMedSAM's ``set_stack / predict / propagate``
   protocol, so :func:`medseg.inference.prompted.segment_with_prompt` drives it unchanged:
@@ -25,10 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg.engine.promptable import from_frame, to_frame
 from medseg.errors import InputError, ModelError
-
-from .device import resolve_device
+from medseg.models.device import resolve_device
+from medseg.transforms.prompts import from_frame, to_frame
 
 __all__ = [
     "BoxPromptPredictor",
@@ -57,52 +57,25 @@ def load_promptable_net(
     :class:`ModelError` (exit 4) with a one-line reason.
     """
     import importlib
-    import pickle
 
-    from .automatic import checkpoint_kind
+    from medseg.models.weights import load_net_weights
+
+    from .checkpoints import check_checkpoint_file, checkpoint_kind, load_promptable_checkpoint
 
     if model not in MODELS:
         raise InputError("bad_argument", f"--model must be one of {sorted(MODELS)}")
     if checkpoint is None:
         raise ModelError("checkpoint_missing", f"{model} needs --checkpoint (no shipped weights)")
     where = str(checkpoint)
-    if not Path(checkpoint).is_file():
-        raise ModelError("checkpoint_not_found", "checkpoint not found", path=where)
+    check_checkpoint_file(checkpoint)  # a FIFO or a device is refused before any open
     module, _, cls_name = MODELS[model].partition(":")
     package = importlib.import_module(module)
     dev = resolve_device(device)
     if checkpoint_kind(checkpoint) == "lightning":
-        from medseg.engine.promptable import PromptableSegmentationTask, without_weight_files
-
-        from .checkpoints import checkpoint_hparams
-
-        # the fine-tuned weights are all in the checkpoint: never re-read the SAM/SAM2 file
-        hparams, removed = without_weight_files(checkpoint_hparams(checkpoint, trusted=trusted))
-        override = {"net": hparams["net"]} if removed else {}
-        try:
-            task = PromptableSegmentationTask.load_from_checkpoint(
-                checkpoint, map_location=dev, weights_only=not trusted, **override
-            )
-        except pickle.UnpicklingError as err:
-            raise ModelError(
-                "untrusted_checkpoint",
-                "checkpoint holds pickled Python objects; load it only from a trusted source "
-                "(--trust-checkpoint)",
-                path=where,
-            ) from err
-        except Exception as err:  # noqa: BLE001 - any loader failure is a checkpoint error
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ModelError("bad_checkpoint", f"cannot load: {reason[:200]}", path=where) from err
-        net = task.net
+        net = load_promptable_checkpoint(checkpoint, device=dev, trusted=trusted)
     else:
-        from medseg.models.db_sam.weights import load_strict_subset
-        from medseg.models.litemedsam.weights import read_state_dict
-
-        state = read_state_dict(checkpoint)
-        if any(k.startswith("net.") for k in state):
-            state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
         net = getattr(package, PRESETS[model])()
-        load_strict_subset(net, state, list(net.state_dict()), checkpoint, what=model)
+        load_net_weights(net, checkpoint, what=model)
     if not isinstance(net, getattr(package, cls_name)):
         raise ModelError(
             "wrong_model", f"holds a {type(net).__name__}, not a {cls_name} (--model)", path=where

@@ -4,7 +4,7 @@ Presets: :func:`db_sam_vit_b` (paper reading), :func:`db_sam_plus` (released "pl
 :func:`tiny` (CPU tests). :func:`load_sam_weights` loads ``sam_vit_b_01ec64.pth`` strictly.
 """
 
-from .model import DBSAM, db_sam_plus, db_sam_vit_b, rgb_channels, tiny
+from .model import DBSAM, db_sam_plus, db_sam_vit_b, tiny
 from .weights import load_db_sam, load_sam_weights
 
 __all__ = [
@@ -13,6 +13,5 @@ __all__ = [
     "db_sam_vit_b",
     "load_db_sam",
     "load_sam_weights",
-    "rgb_channels",
     "tiny",
 ]

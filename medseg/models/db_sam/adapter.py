@@ -36,6 +36,9 @@ CHANNEL_ATTENTION = ("block", "stage")
 class DualBranchAdapter(nn.Module):
     """ViT branch + conv branch with cross-attention and fusion.
 
+    Every size is required: the defaults are declared once, by :class:`~.model.DBSAM` (its
+    constructor is the config) and its presets.
+
     Args:
         layout: ``"two_branch"`` or ``"four_branch"`` (see the module docstring).
         dim: ViT width ``C``. grid: ViT token grid side ``G``.
@@ -56,21 +59,21 @@ class DualBranchAdapter(nn.Module):
     def __init__(
         self,
         *,
-        layout: str = "two_branch",
-        dim: int = 768,
-        grid: int = 64,
-        stages: Sequence[Sequence[int]] = ((0, 1, 2), (3, 4, 5), (6, 7, 8), (9, 10, 11)),
-        conv_widths: Sequence[int] = (128, 256, 512),
-        conv_downsamples: Sequence[int] = (3, 2, 1, 0),
-        bn_momentum: float = 0.01,
-        num_heads: int = 12,
-        num_points: int = 4,
-        cross_blocks: int = 2,
-        channel_attention: str = "stage",
-        ffn_ratio: float = 4.0,
-        drop: float = 0.1,
-        drop_path: float = 0.4,
-        fusion_reduction: int = 12,
+        layout: str,
+        dim: int,
+        grid: int,
+        stages: Sequence[Sequence[int]],
+        conv_widths: Sequence[int],
+        conv_downsamples: Sequence[int],
+        bn_momentum: float,
+        num_heads: int,
+        num_points: int,
+        cross_blocks: int,
+        channel_attention: str,
+        ffn_ratio: float,
+        drop: float,
+        drop_path: float,
+        fusion_reduction: int,
     ) -> None:
         super().__init__()
         if layout not in ADAPTERS:

@@ -23,9 +23,12 @@ from segment_anything.modeling import (
 )
 from torch import Tensor, nn
 
+from medseg.models.layers.sam_decode import decode_per_image
+from medseg.models.layers.sam_input import check_sam_config, pick_rgb
+
 from .adapter import DualBranchAdapter
 
-__all__ = ["DBSAM", "db_sam_plus", "db_sam_vit_b", "rgb_channels", "tiny"]
+__all__ = ["DBSAM", "db_sam_plus", "db_sam_vit_b", "tiny"]
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -99,11 +102,13 @@ class DBSAM(nn.Module):
         sam_checkpoint: str | None = None,
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"DB-SAM is a 2-D model (spatial_dims=2), got {spatial_dims}")
-        if out_channels < 2:
-            raise ValueError(f"out_channels counts classes incl. background, got {out_channels}")
-        self.rgb_channels = _rgb(in_channels, rgb_channels)
+        self.rgb_channels = check_sam_config(
+            "DB-SAM",
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            rgb=rgb_channels,
+        )
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size = img_size
         grid = img_size // patch_size
@@ -183,12 +188,7 @@ class DBSAM(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """``(B, in_channels, S, S)`` in [0, 1] -> image embedding ``(B, out_chans, G, G)``."""
-        s = self.image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (self.in_channels, s, s):
-            raise ValueError(
-                f"images must be (B, {self.in_channels}, {s}, {s}), got {tuple(images.shape)}"
-            )
-        rgb = images[:, list(self.rgb_channels)] * 255.0
+        rgb = pick_rgb(images, self.in_channels, self.image_size, self.rgb_channels) * 255.0
         x = (rgb - self.pixel_mean) / self.pixel_std
         fused = self.adapter(self.image_encoder, x)
         return self.image_encoder.neck(fused.permute(0, 3, 1, 2))
@@ -196,25 +196,12 @@ class DBSAM(nn.Module):
     def decode(self, embeddings: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
         """One box per image -> ``(logits (B, 1, S/4, S/4), iou (B, 1))``.
 
-        Meta's decoder pairs one image with N prompts (it repeats the embedding), so a batch of
-        images with one box each is decoded image by image.
+        Meta's decoder pairs one image with N prompts, so a batch of images with one box each
+        is decoded image by image (:func:`medseg.models.layers.sam_decode.decode_per_image`).
         """
         if boxes.shape != (embeddings.shape[0], 4):
             raise ValueError(f"boxes must be ({embeddings.shape[0]}, 4), got {tuple(boxes.shape)}")
-        image_pe = self.prompt_encoder.get_dense_pe()
-        logits, ious = [], []
-        for b in range(embeddings.shape[0]):
-            sparse, dense = self.prompt_encoder(points=None, boxes=boxes[b : b + 1], masks=None)
-            mask, iou = self.mask_decoder(
-                image_embeddings=embeddings[b : b + 1],
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            logits.append(mask)
-            ious.append(iou)
-        return torch.cat(logits), torch.cat(ious)
+        return decode_per_image(self.prompt_encoder, self.mask_decoder, embeddings, boxes=boxes)
 
 
 def db_sam_vit_b(**overrides: object) -> DBSAM:
@@ -222,9 +209,7 @@ def db_sam_vit_b(**overrides: object) -> DBSAM:
     blocks (``channel_attention="block"``: after every block), bilateral deformable
     cross-attention per stage, DANE fusion (random init; pass
     ``sam_checkpoint=".../sam_vit_b_01ec64.pth"`` for SAM's weights)."""
-    return DBSAM(
-        **{"adapter": "two_branch", "channel_attention": "stage", "drop_path": 0.4, **overrides}
-    )  # type: ignore[arg-type]
+    return DBSAM(**overrides)  # type: ignore[arg-type]  # the constructor's defaults
 
 
 def db_sam_plus(**overrides: object) -> DBSAM:
@@ -266,23 +251,5 @@ def tiny(**overrides: object) -> DBSAM:
     return DBSAM(**{**config, **overrides})  # type: ignore[arg-type]
 
 
-def _rgb(in_channels: int, rgb: Sequence[int] | None) -> tuple[int, int, int]:
-    return rgb_channels(in_channels, rgb)
-
-
 def _ln_eps6(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6)
-
-
-def rgb_channels(in_channels: int, rgb: Sequence[int] | None) -> tuple[int, int, int]:
-    """The three input channels that form a SAM-family RGB input (validated)."""
-    if rgb is None:
-        if in_channels == 1:
-            return (0, 0, 0)
-        if in_channels == 3:
-            return (0, 1, 2)
-        raise ValueError(f"{in_channels} input channels: choose three with rgb_channels")
-    out = tuple(int(c) for c in rgb)
-    if len(out) != 3 or not all(0 <= c < in_channels for c in out):
-        raise ValueError(f"rgb_channels must be 3 indices < in_channels={in_channels}: {rgb}")
-    return out  # type: ignore[return-value]

@@ -2,7 +2,8 @@
 
 The official ``sam_vit_b_01ec64.pth`` holds exactly the SAM parts (``image_encoder.*``,
 ``prompt_encoder.*``, ``mask_decoder.*``). Every one of DB-SAM's SAM keys must be in the file
-with the same shape and the file may hold nothing else; the adapter keeps its own init.
+with the same shape and the file may hold nothing else; the adapter keeps its own init. Files are
+read by :func:`medseg.models.weights.read_state_dict` (regular files only, integrity checked).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from pathlib import Path
 
 from torch import nn
 
-from medseg.errors import ModelError
-from medseg.models.litemedsam.weights import read_state_dict
+from medseg.models.device import resolve_device
+from medseg.models.weights import load_net_weights, load_strict_subset, read_state_dict
 
-__all__ = ["load_db_sam", "load_sam_weights", "load_strict_subset"]
+__all__ = ["load_db_sam", "load_sam_weights"]
 
 
 def load_sam_weights(net: nn.Module, path: str | Path) -> None:
@@ -24,7 +25,8 @@ def load_sam_weights(net: nn.Module, path: str | Path) -> None:
         ModelError: unreadable file, missing/unexpected keys or shape mismatches.
     """
     sam_keys = [k for k in net.state_dict() if not k.startswith("adapter.")]
-    load_strict_subset(net, read_state_dict(path), sam_keys, path, what="SAM")
+    state = read_state_dict(path, what="sam_checkpoint")
+    load_strict_subset(net, state, sam_keys, path, what="SAM")
 
 
 def load_db_sam(
@@ -35,40 +37,5 @@ def load_db_sam(
     from . import model
 
     net = getattr(model, preset)(**overrides)
-    state = read_state_dict(checkpoint)
-    if any(k.startswith("net.") for k in state):
-        state = {k[4:]: v for k, v in state.items() if k.startswith("net.")}
-    load_strict_subset(net, state, list(net.state_dict()), checkpoint, what="DB-SAM")
-    return net.to(device).eval()
-
-
-def load_strict_subset(
-    net: nn.Module, state: dict, keys: list[str], path: str | Path, *, what: str
-) -> None:
-    """Load ``state`` into the ``keys`` of ``net``: the key sets must be equal and every shape
-    must match (``ModelError`` naming a few offenders otherwise)."""
-    missing = sorted(set(keys) - set(state))
-    unexpected = sorted(set(state) - set(keys))
-    if missing or unexpected:
-        raise ModelError(
-            "checkpoint_keys",
-            f"not a {what} checkpoint for this model: {len(missing)} missing keys "
-            f"{_few(missing)}, {len(unexpected)} unexpected keys {_few(unexpected)}",
-            path=str(path),
-        )
-    own = net.state_dict()
-    bad = [k for k in keys if tuple(own[k].shape) != tuple(state[k].shape)]
-    if bad:
-        k = bad[0]
-        raise ModelError(
-            "checkpoint_shapes",
-            f"{len(bad)} shape mismatches, e.g. {k}: file {tuple(state[k].shape)} vs model "
-            f"{tuple(own[k].shape)} (wrong preset?)",
-            path=str(path),
-        )
-    result = net.load_state_dict(state, strict=False)
-    assert not result.unexpected_keys  # checked above
-
-
-def _few(names: list[str], n: int = 5) -> str:
-    return "[" + ", ".join(names[:n]) + (", ...]" if len(names) > n else "]")
+    load_net_weights(net, checkpoint, what="DB-SAM")
+    return net.to(resolve_device(device)).eval()

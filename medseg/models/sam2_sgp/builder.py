@@ -22,22 +22,23 @@ SAM2_VERSIONS = ("2.1", "2.0")
 
 def build_sam2_base(
     *,
-    image_size: int = 1024,
-    embed_dim: int = 96,
-    num_heads: int = 1,
-    stages: Sequence[int] = (1, 2, 11, 2),
-    global_att_blocks: Sequence[int] = (7, 10, 13),
-    window_spec: Sequence[int] = (8, 4, 14, 7),
-    window_pos_embed_bkg: Sequence[int] = (7, 7),
-    d_model: int = 256,
-    mem_dim: int = 64,
-    memory_layers: int = 4,
-    memory_ffn: int = 2048,
-    fuser_layers: int = 2,
-    num_maskmem: int = 7,
-    sam2_version: str = "2.1",
+    image_size: int,
+    embed_dim: int,
+    num_heads: int,
+    stages: Sequence[int],
+    global_att_blocks: Sequence[int],
+    window_spec: Sequence[int],
+    window_pos_embed_bkg: Sequence[int],
+    d_model: int,
+    mem_dim: int,
+    memory_layers: int,
+    memory_ffn: int,
+    fuser_layers: int,
+    num_maskmem: int,
+    sam2_version: str,
 ) -> nn.Module:
-    """``SAM2Base`` with random weights (defaults: SAM 2.1 Hiera-S at 1024 px)."""
+    """``SAM2Base`` with random weights. Every size is required: the defaults (SAM 2.1 Hiera-S
+    at 1024 px) are declared once, by :class:`~.model.SAM2SGP` and its presets."""
     if sam2_version not in SAM2_VERSIONS:
         raise ValueError(f"sam2_version must be one of {SAM2_VERSIONS}, got {sam2_version!r}")
     v21 = sam2_version == "2.1"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medseg.models.db_sam.model import rgb_channels as _rgb
+from medseg.models.layers.sam_input import check_sam_config, pick_rgb
 
 from .builder import build_sam2_base
 from .lora import add_lora
@@ -110,15 +110,17 @@ class SAM2SGP(nn.Module):
         init_pma_from_sam: bool = True,
     ) -> None:
         super().__init__()
-        if spatial_dims != 2:
-            raise ValueError(f"SAM2-SGP is a 2-D net (3-D by propagation), got {spatial_dims}")
-        if out_channels < 2:
-            raise ValueError(f"out_channels counts classes incl. background, got {out_channels}")
+        self.rgb_channels = check_sam_config(
+            "SAM2-SGP",
+            spatial_dims=spatial_dims,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            rgb=rgb_channels,
+        )
         if train_selection not in SELECTION:
             raise ValueError(f"train_selection must be one of {SELECTION}")
         if image_size % 32:
             raise ValueError(f"image_size must be a multiple of 32, got {image_size}")
-        self.rgb_channels = _rgb(in_channels, rgb_channels)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.image_size, self.support_size = image_size, support_size
         self.train_selection, self.normalize = train_selection, normalize
@@ -164,12 +166,7 @@ class SAM2SGP(nn.Module):
     # feature extraction ------------------------------------------------------------------------
     def encode_images(self, images: Tensor) -> Features:
         """``(B, in_channels, S, S)`` in [0, 1] -> :class:`Features`."""
-        s = self.image_size
-        if images.ndim != 4 or tuple(images.shape[1:]) != (self.in_channels, s, s):
-            raise ValueError(
-                f"images must be (B, {self.in_channels}, {s}, {s}), got {tuple(images.shape)}"
-            )
-        x = images[:, list(self.rgb_channels)]
+        x = pick_rgb(images, self.in_channels, self.image_size, self.rgb_channels)
         if self.normalize:
             x = (x - self.pixel_mean) / self.pixel_std
         out = self.sam2.forward_image(x)

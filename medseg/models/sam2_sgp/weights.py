@@ -1,7 +1,8 @@
 """Load official SAM2 weights into SAM2-SGP (local file, ``weights_only=True``, strict keys).
 
 SAM2 checkpoints hold ``{"model": state_dict}``; every key of SGP's ``sam2.*`` part (LoRA
-factors excepted) must be in it with the same shape, and it may hold nothing else.
+factors excepted) must be in it with the same shape, and it may hold nothing else. Files are
+read by :func:`medseg.models.weights.read_state_dict` (regular files only, integrity checked).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from medseg.models.db_sam.weights import load_strict_subset
-from medseg.models.litemedsam.weights import read_state_dict
+from medseg.models.weights import load_strict_subset, read_state_dict
 
 __all__ = ["init_pma_from_sam2", "load_sam2_weights", "sam2_keys"]
 
@@ -24,7 +24,7 @@ def sam2_keys(net: nn.Module) -> list[str]:
 
 def load_sam2_weights(net: nn.Module, path: str | Path) -> None:
     """Copy an official SAM2 checkpoint into ``net.sam2`` (strict; ``ModelError`` otherwise)."""
-    state = read_state_dict(path)
+    state = read_state_dict(path, what="sam2_checkpoint")
     load_strict_subset(net.sam2, state, sam2_keys(net), path, what="SAM2")
 
 
