@@ -36,6 +36,7 @@ from scipy import ndimage
 
 from medseg.inference.device import configure_cpu_allocator
 from medseg.inference.litemedsam import LiteMedSAMPredictor, to_uint8
+from medseg.inference.stats import dice
 from medseg.models.litemedsam import LiteMedSAM, load_litemedsam
 
 MNI_T1 = "data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
@@ -199,11 +200,6 @@ def official_loop(net: LiteMedSAM, task: Task, noise_grey: float = 0.0) -> tuple
             segs[z] = _decode(net, embedding, box_256, (new_h, new_w), (height, width))
             visited += 1
     return segs.astype(bool), visited
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
 def _ours(

@@ -22,7 +22,7 @@ import pytest
 from testkit import ellipsoid_volume
 
 from medseg.cli.main import main
-from medseg.inference.stats import dice
+from medseg.metrics import dice
 from medseg.transforms.planes import PlaneView, voxel_to_world
 
 # LPS-stored, anisotropic, slightly oblique grid with qform != sform (both must survive)

@@ -31,8 +31,8 @@ from medseg.inference.automatic import (
     count_windows,
 )
 from medseg.inference.postprocess import keep_largest_component
-from medseg.inference.stats import dice
 from medseg.io import load_volume
+from medseg.metrics import dice
 
 ROT = np.array(
     [[math.cos(0.4), -math.sin(0.4), 0.0], [math.sin(0.4), math.cos(0.4), 0.0], [0.0, 0.0, 1.0]]

@@ -24,6 +24,7 @@ from medseg.inference.litemedsam import (
     preprocess_slice,
     to_uint8,
 )
+from medseg.inference.stats import dice
 from medseg.models.litemedsam import LiteMedSAM, load_litemedsam
 
 nib = pytest.importorskip("nibabel")
@@ -32,11 +33,6 @@ MNI_T1 = "data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 MNI_BOX = (23, 24, 173, 205)  # brain-mask bbox + 5 px on the rot90 mid-axial slice (z = 94)
 DICE_MNI_RAW = 0.660  # measured: raw 0-255 intensities (RELIABILITY A.3 reports 0.657)
 DICE_MNI_CLIPPED = 0.683  # measured: to_uint8() percentile clipping of the whole volume
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from apps.viewer import callbacks as cb
 from apps.viewer.models import ModelHub
 from apps.viewer.render import compare_pictures, legend_html, render_all
 from apps.viewer.state import new_session
-from medseg.inference.stats import dice
+from medseg.metrics import dice
 
 SHAPE = (48, 40, 12)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from medseg.io import Volume
+from medseg.metrics.overlap import dice
 
 __all__ = ["dice_per_label", "downstream_dice", "resample_nearest"]
 
@@ -38,12 +39,8 @@ def resample_nearest(labels: Volume, grid: Volume) -> np.ndarray:
 
 def dice_per_label(pred: np.ndarray, ref: np.ndarray) -> dict[int, float]:
     """Dice of every foreground label present in ``ref`` (1.0 when both are empty)."""
-    scores = {}
-    for label in sorted(int(v) for v in np.unique(ref) if v != 0):
-        p, r = pred == label, ref == label
-        denom = p.sum() + r.sum()
-        scores[label] = 1.0 if denom == 0 else float(2.0 * np.logical_and(p, r).sum() / denom)
-    return scores
+    labels = sorted(int(v) for v in np.unique(ref) if v != 0)
+    return {label: dice(pred == label, ref == label, empty=1.0) for label in labels}
 
 
 def downstream_dice(
@@ -58,10 +55,13 @@ def downstream_dice(
     """Dice of segmenting ``degraded`` and ``restored`` against ``reference`` and the change.
 
     Returns ``{"labels": {name: {"input", "restored", "delta"}}, "dice_input",
-    "dice_restored", "delta"}`` (means over the reference's foreground labels).
+    "dice_restored", "delta"}`` (means over the reference's foreground labels). Raises
+    :class:`~medseg.errors.ModelError` (exit 4) for an unusable ``seg_checkpoint``.
     """
     from medseg.inference.automatic import AutomaticSegmenter
+    from medseg.inference.checkpoints import check_checkpoint_file
 
+    check_checkpoint_file(seg_checkpoint)  # a FIFO or a device is refused before any open
     segmenter = AutomaticSegmenter.from_checkpoint(seg_checkpoint, device=device, trusted=trusted)
     names = segmenter.label_names
     before = dice_per_label(

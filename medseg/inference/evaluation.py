@@ -2,9 +2,9 @@
 
 Conventions (nnU-Net / Metrics Reloaded, stated so that tables are comparable):
 
-- **Dice** ``2|P∩G| / (|P| + |G|)``: NaN when both P and G are empty for that label (the case
-  says nothing about the label and is left out of means, as nnU-Net does); 0 when exactly one
-  is empty.
+- **Dice** ``2|P∩G| / (|P| + |G|)`` (:func:`medseg.metrics.dice`): NaN when both P and G are
+  empty for that label (the case says nothing about the label and is left out of means, as
+  nnU-Net does); 0 when exactly one is empty.
 - **HD95** (mm, MONAI ``compute_hausdorff_distance(percentile=95)``, symmetric, on surface
   voxels with the grid's voxel spacing): NaN when both are empty; ``inf`` when exactly one is
   empty (no surface to measure to). Summaries average the finite values and count the ``inf``.
@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from medseg.metrics.overlap import dice
 
 __all__ = [
     "ACDC_LABELS",
@@ -56,13 +58,9 @@ def label_metrics(
     for label in labels:
         p, g = pred == label, gt == label
         n_p, n_g = int(p.sum()), int(g.sum())
-        if n_p + n_g == 0:
-            dice = math.nan
-        else:
-            dice = 2.0 * int(np.logical_and(p, g).sum()) / (n_p + n_g)
         row = {
             "label": int(label),
-            "dice": dice,
+            "dice": dice(p, g),  # NaN when both are empty (medseg.metrics.dice's rule)
             "hd95": _hd95(p, g, spacing) if hd95 else math.nan,
             "pred_voxels": n_p,
             "gt_voxels": n_g,

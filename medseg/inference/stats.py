@@ -6,6 +6,10 @@ from typing import Any
 
 import numpy as np
 
+from medseg.metrics.overlap import dice as metrics_dice
+
+__all__ = ["dice", "label_statistics"]
+
 
 def label_statistics(
     labels: np.ndarray,
@@ -47,8 +51,6 @@ def label_statistics(
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice coefficient of two binary masks of the same shape (1.0 when both are empty)."""
-    a = np.asarray(a, dtype=bool)
-    b = np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+    """Dice of two masks of the same shape, **1.0 when both are empty**: the one Dice,
+    :func:`medseg.metrics.dice`, with ``empty=1.0`` (its default for two empty masks is NaN)."""
+    return metrics_dice(a, b, empty=1.0)
