@@ -21,27 +21,52 @@ ALLOWED = {
     "metrics": {"metrics"},
     "transforms": {"transforms", "io", *LEAVES},
     "models": {"models", *LEAVES},
-    "inference": {"inference", "engine", "io", "transforms", "models", *LEAVES},
+    "inference": {"inference", "io", "transforms", "models", "metrics", *LEAVES},
     "viz": {"viz", "transforms", *LEAVES},
     "files": {"errors"},
+    "errors": set(),
     "cli": None,  # top layer
 }
+# the only inference module that may import ``engine`` (and so Lightning): it loads the Task
+# classes of ``medseg fit`` checkpoints; predictors import it, never a task
+ENGINE_LOADERS = {"medseg/inference/checkpoints.py"}
+# the CLI is the top floor: ``medseg prepare`` runs data_prep's writers
+DATA_PREP_CALLERS = {"medseg/cli/prepare.py"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports (relative imports resolved), anywhere in the file."""
+    package = list(path.relative_to(ROOT).parts[:-1])  # a module's (or __init__'s) package
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0:
+                base = node.module or ""
+            else:
+                parts = package[: len(package) - node.level + 1]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+    return found
 
 
 def _medseg_imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    found = set()
-    for node in ast.walk(tree):
-        names = []
-        if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "medseg" and len(parts) > 1:
-                found.add(parts[1])
-    return found
+    """The ``medseg`` sub-packages (``io``, ``engine``, ...) that ``path`` imports."""
+    return {
+        name.split(".")[1]
+        for name in _imports(path)
+        if name.startswith("medseg.") and len(name.split(".")) > 1
+    }
+
+
+def _tops(path: Path) -> set[str]:
+    return {name.split(".")[0] for name in _imports(path)}
+
+
+def _sources(*parts: str) -> list[Path]:
+    return sorted((ROOT.joinpath(*parts)).rglob("*.py"))
 
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
@@ -51,6 +76,8 @@ def test_import_edges(package):
     files = sorted(base.rglob("*.py")) if base.is_dir() else [base.with_suffix(".py")]
     for path in files:
         used = _medseg_imports(path)
+        if str(path.relative_to(ROOT)) in ENGINE_LOADERS:
+            used -= {"engine"}
         if allowed is not None:
             assert used <= allowed, f"{path.relative_to(ROOT)} imports {sorted(used - allowed)}"
         if package == "models":
@@ -118,3 +145,59 @@ def test_import_apps_viewer_is_light():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "[]"
+
+
+def test_inference_imports_engine_only_where_a_checkpoint_is_loaded():
+    """Predictors never import a training task: only ``ENGINE_LOADERS`` reach ``engine``."""
+    importers = {
+        str(path.relative_to(ROOT))
+        for path in _sources("medseg", "inference")
+        if "engine" in _medseg_imports(path)
+    }
+    assert importers <= ENGINE_LOADERS, sorted(importers - ENGINE_LOADERS)
+
+
+def test_the_library_never_imports_data_prep():
+    """``data_prep`` writes the prepared format; the library reads it (``medseg.data``). Only
+    the CLI's ``medseg prepare`` calls the tooling."""
+    importers = {
+        str(path.relative_to(ROOT)) for path in _sources("medseg") if "data_prep" in _tops(path)
+    }
+    assert importers <= DATA_PREP_CALLERS, sorted(importers - DATA_PREP_CALLERS)
+
+
+def test_data_prep_imports_medseg_but_not_its_top_floor():
+    """``data_prep`` -> ``medseg`` (the library), never ``medseg.cli`` or ``apps``."""
+    for path in _sources("data_prep"):
+        names = _imports(path)
+        assert "apps" not in _tops(path), path.relative_to(ROOT)
+        assert not any(n == "medseg.cli" or n.startswith("medseg.cli.") for n in names), (
+            path.relative_to(ROOT)
+        )
+
+
+def test_import_data_prep_and_the_prepared_reader_are_light():
+    """The prepared-format reader and ``data_prep`` load no torch, Lightning or MONAI."""
+    code = (
+        "import sys, data_prep, medseg.data.prepared_files, medseg.data.acdc;"
+        "print(sorted({'torch', 'lightning', 'monai'} & set(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_argparse_only_in_the_cli():
+    """No library function takes an ``argparse.Namespace``: ``argparse`` stays in ``medseg.cli``."""
+    for path in _sources("medseg"):
+        if "cli" in path.relative_to(ROOT / "medseg").parts:
+            continue
+        assert "argparse" not in _tops(path), path.relative_to(ROOT)
+
+
+def test_the_leaves_import_nothing_else_of_medseg():
+    """``medseg.errors`` imports nothing of medseg; ``medseg.files`` only ``medseg.errors``."""
+    assert _medseg_imports(ROOT / "medseg" / "errors.py") == set()
+    assert _medseg_imports(ROOT / "medseg" / "files.py") == {"errors"}
+    assert not any(n.startswith("medseg.") for n in _imports(ROOT / "medseg" / "errors.py"))
