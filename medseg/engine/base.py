@@ -5,8 +5,9 @@ Dice/HD95 bookkeeping of the segmentation tasks.
   before the optimiser step, and a checkpoint with non-finite weights is never written;
 - validation and test wired to two methods each task defines: ``_evaluate(batch, stage)`` per
   batch and ``_log_metrics(stage)`` at the end of the epoch (``stage`` is ``"val"`` or
-  ``"test"``). Segmentation tasks get both halves of the scoring from
-  :class:`ScoredSegmentationTask`: ``_score`` per volume, ``_log_metrics`` per epoch.
+  ``"test"``; ``_epoch_results(stage)`` computes and resets the stage's metrics).
+  Segmentation tasks get both halves of the scoring from :class:`ScoredSegmentationTask`:
+  ``_score`` per volume, ``_log_metrics`` per epoch.
 """
 
 from __future__ import annotations
@@ -51,6 +52,16 @@ class MedsegTask(LightningModule):
     def _log_metrics(self, stage: str) -> None:
         raise NotImplementedError
 
+    def _epoch_results(self, stage: str) -> dict[str, Any]:
+        """What ``self._metrics[stage]`` accumulated, computed, then reset for the next epoch
+        (``{}`` when nothing was scored at that stage)."""
+        metrics = getattr(self, "_metrics", {}).get(stage)
+        if metrics is None:
+            return {}
+        result = metrics.compute()
+        metrics.reset()
+        return result
+
 
 class ScoredSegmentationTask(MedsegTask):
     """A task scored with :class:`~medseg.metrics.SegmentationMetrics` per stage.
@@ -81,16 +92,13 @@ class ScoredSegmentationTask(MedsegTask):
         metrics.update(pred, label, spacing=spacing)
 
     def _log_metrics(self, stage: str) -> None:
-        metrics = self._metrics.get(stage)
-        if metrics is None:
-            return
-        result = metrics.compute()
-        metrics.reset()
+        result = self._epoch_results(stage)
         if not result:
             return
         labels = (self.preprocessing or {}).get("labels") or {}
-        names = [labels.get(str(i), f"class{i}") for i in range(1, metrics.num_classes)]
-        per_class = zip(names, result["dice_per_class"], strict=True)
+        dice = result["dice_per_class"]  # (K-1,): background excluded
+        names = [labels.get(str(i), f"class{i}") for i in range(1, len(dice) + 1)]
+        per_class = zip(names, dice, strict=True)
         values = {f"{stage}/dice_{_slug(n)}": v for n, v in per_class}
         if "hd95" in result:
             values[f"{stage}/hd95"] = result["hd95"]

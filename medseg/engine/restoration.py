@@ -139,11 +139,7 @@ class RestorationTask(MedsegTask):
         self._metrics.setdefault(stage, RestorationMetrics()).update(pred, y, baseline)
 
     def _log_metrics(self, stage: str) -> None:
-        metrics = self._metrics.get(stage)
-        if metrics is None:
-            return
-        result = metrics.compute()
-        metrics.reset()
+        result = self._epoch_results(stage)
         if "psnr" in result:
             self.log(f"{stage}/psnr", result.pop("psnr"), prog_bar=True, sync_dist=True)
         self.log_dict({f"{stage}/{k}": v for k, v in result.items()}, sync_dist=True)

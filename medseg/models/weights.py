@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -36,6 +36,7 @@ from medseg.files import check_regular_file, open_regular
 __all__ = [
     "REDOWNLOAD",
     "check_finite",
+    "check_keys",
     "check_zip_members",
     "few",
     "load_net_weights",
@@ -171,15 +172,7 @@ def load_strict_subset(
     """Load ``state`` into the ``keys`` of ``net``: the key sets must be equal and every shape
     must match (``ModelError`` naming a few offenders otherwise); other keys keep their values.
     """
-    missing = sorted(set(keys) - set(state))
-    unexpected = sorted(set(state) - set(keys))
-    if missing or unexpected:
-        raise ModelError(
-            "checkpoint_keys",
-            f"not a {what} checkpoint for this model: {len(missing)} missing keys "
-            f"{few(missing)}, {len(unexpected)} unexpected keys {few(unexpected)}",
-            path=str(path),
-        )
+    check_keys(keys, state, path, what=f"{what} checkpoint for this model")
     own = net.state_dict()
     bad = [k for k in keys if tuple(own[k].shape) != tuple(state[k].shape)]
     if bad:
@@ -192,6 +185,22 @@ def load_strict_subset(
         )
     result = net.load_state_dict(dict(state), strict=False)
     assert not result.unexpected_keys  # checked above
+
+
+def check_keys(
+    keys: Iterable[str], state: Mapping[str, object], path: str | Path, *, what: str
+) -> None:
+    """``ModelError`` ``checkpoint_keys`` unless ``state`` holds exactly ``keys``: ``"not a
+    {what}: 2 missing keys [...], 1 unexpected keys [...]"``."""
+    missing = sorted(set(keys) - set(state))
+    unexpected = sorted(set(state) - set(keys))
+    if missing or unexpected:
+        raise ModelError(
+            "checkpoint_keys",
+            f"not a {what}: {len(missing)} missing keys {few(missing)}, "
+            f"{len(unexpected)} unexpected keys {few(unexpected)}",
+            path=str(path),
+        )
 
 
 def few(names: list[str], n: int = 5) -> str:

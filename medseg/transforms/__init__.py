@@ -1,1 +1,2 @@
-"""Transforms medseg needs beyond MONAI: display planes now; prompts and degradations later."""
+"""Transforms medseg needs beyond MONAI: display planes (:mod:`.planes`), SAM-family prompt
+geometry (:mod:`.prompts`), degradations and paired restoration data, intensity maps."""

@@ -19,8 +19,7 @@ def decode_per_image(
     embeddings: Tensor,
     *,
     boxes: Tensor | None = None,
-    points: Tensor | None = None,
-    point_labels: Tensor | None = None,
+    points: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Single-mask logits for one prompt set per image.
 
@@ -29,8 +28,8 @@ def decode_per_image(
             ``MaskDecoder`` (``multimask_output`` off).
         embeddings: image embeddings ``(B, C, G, G)``.
         boxes: ``(B, 4)`` float ``(x0, y0, x1, y1)`` in the net's input pixels, or None.
-        points: ``(B, N, 2)`` float ``(x, y)`` in the same pixels, or None.
-        point_labels: ``(B, N)``, 1 = foreground, 0 = background; given with ``points``.
+        points: SAM's ``(coords (B, N, 2) float (x, y) in the same pixels, labels (B, N))``
+            with label 1 = foreground, 0 = background, or None.
 
     Returns:
         ``(logits (B, 1, 4G, 4G), iou (B, 1))``: SAM's low-resolution mask and predicted IoU.
@@ -38,13 +37,14 @@ def decode_per_image(
     image_pe = prompt_encoder.get_dense_pe()
     logits, ious = [], []
     for b in range(embeddings.shape[0]):
+        one = slice(b, b + 1)
         sparse, dense = prompt_encoder(
-            points=None if points is None else (points[b : b + 1], point_labels[b : b + 1]),
-            boxes=None if boxes is None else boxes[b : b + 1],
+            points=None if points is None else (points[0][one], points[1][one]),
+            boxes=None if boxes is None else boxes[one],
             masks=None,
         )
         mask, iou = mask_decoder(
-            image_embeddings=embeddings[b : b + 1],
+            image_embeddings=embeddings[one],
             image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,

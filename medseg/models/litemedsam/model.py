@@ -103,13 +103,9 @@ class LiteMedSAM(nn.Module):
         for name, prompt in (("boxes", boxes), ("points", points), ("point_labels", point_labels)):
             if prompt is not None and prompt.shape[0] != batch:
                 raise ValueError(f"{name} has batch {prompt.shape[0]}, embeddings {batch}")
+        pairs = None if points is None else (points, point_labels)
         return decode_per_image(
-            self.prompt_encoder,
-            self.mask_decoder,
-            embeddings,
-            boxes=boxes,
-            points=points,
-            point_labels=point_labels,
+            self.prompt_encoder, self.mask_decoder, embeddings, boxes=boxes, points=pairs
         )
 
     def inference_encoder(self, dtype: torch.dtype = torch.bfloat16) -> nn.Module:

@@ -15,7 +15,7 @@ import torch
 
 from medseg.errors import ModelError
 from medseg.models.device import resolve_device
-from medseg.models.weights import few, read_state_dict
+from medseg.models.weights import check_keys, read_state_dict
 
 from .model import LiteMedSAM, litemedsam, quiet_timm_imports
 
@@ -43,16 +43,7 @@ def load_litemedsam(
     path = shipped_checkpoint() if checkpoint is None else Path(checkpoint)
     state = read_state_dict(path)
     net = litemedsam()
-    expected = net.state_dict().keys()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ModelError(
-            "checkpoint_keys",
-            f"not a LiteMedSAM checkpoint: {len(missing)} missing keys {few(missing)}, "
-            f"{len(unexpected)} unexpected keys {few(unexpected)}",
-            path=str(path),
-        )
+    check_keys(net.state_dict().keys(), state, path, what="LiteMedSAM checkpoint")
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:  # shape mismatches
