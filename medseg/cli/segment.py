@@ -265,8 +265,7 @@ def write_outputs(
     from medseg import __version__
     from medseg.inference.stats import label_statistics
     from medseg.io import StagedWrites, stage_volume
-
-    from .preview import render_preview
+    from medseg.viz.preview import render_preview
 
     seg_path, stats_path, png_path = out_paths[:3]
     source = Path(args.input) if source is None else Path(source)
@@ -291,7 +290,7 @@ def write_outputs(
         **(extra or {}),
     }
     axis = prompt.axis if prompt is not None else args.axis
-    png = render_preview(volume, labels, axis, window=args.window)
+    png = render_preview(volume.array, volume.affine, labels, axis, window=args.window)
     with StagedWrites() as staged:
         stage_volume(
             staged,

@@ -115,6 +115,104 @@ def validate_prompt(prompt: Prompt, view: PlaneView) -> Prompt:
     return Prompt(prompt.axis, prompt.slice_index, box, list(prompt.points))
 
 
+class PromptedVolume:
+    """A volume cut along one plane and windowed for a SAM-family predictor: prompts in display
+    pixels in, masks on the display stack out. The one prompted path of the CLI, the Python API
+    and the viewer.
+
+    Args:
+        volume: a single-channel volume ``(X, Y, Z)`` (``multi_channel`` InputError otherwise).
+        axis: ``"axial" | "coronal" | "sagittal"``.
+        predictor: a predictor with ``set_stack``, ``predict`` and ``propagate``
+            (:class:`medseg.inference.litemedsam.LiteMedSAMPredictor`, DB-SAM's
+            ``BoxPromptPredictor``); it receives the ``(S, H, W)`` uint8 display stack now.
+        window: ``(level, width)`` for CT, or None for MedSAM's percentile clipping.
+    """
+
+    def __init__(
+        self,
+        volume: Volume,
+        axis: str,
+        predictor,
+        *,
+        window: tuple[float, float] | None = None,
+    ) -> None:
+        from medseg.inference.litemedsam import to_uint8
+        from medseg.inference.memory import check_prompted
+
+        check_single_channel_volume(volume)
+        check_prompted(VolumeHeader.of(volume))  # not_enough_memory before any copy is made
+        self.view = PlaneView.from_affine(volume.affine, volume.spatial_shape, axis)
+        self.axis, self.window, self.predictor = axis, window, predictor
+        stack = np.ascontiguousarray(to_uint8(self.view.stack(volume.array), window=window))
+        predictor.set_stack(stack)
+
+    @property
+    def num_slices(self) -> int:
+        return self.view.num_slices
+
+    def check(self, prompt: Prompt) -> Prompt:
+        """:func:`validate_prompt` on this plane (the prompt's axis must be this one)."""
+        if prompt.axis != self.axis:
+            raise InputError("bad_prompt", f"prompt on {prompt.axis}, volume cut {self.axis}")
+        return validate_prompt(prompt, self.view)
+
+    def predict(self, prompt: Prompt) -> tuple[np.ndarray, float]:
+        """``(mask (H, W) bool, predicted IoU)`` on the prompt's slice."""
+        prompt = self.check(prompt)
+        points, labels = _point_arrays(prompt)
+        return self.predictor.predict(
+            prompt.slice_index, box=prompt.box, points=points, point_labels=labels
+        )
+
+    def propagate(
+        self,
+        prompt: Prompt,
+        *,
+        stop_at: tuple[int, int] | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Masks ``(S, H, W)`` bool: the prompt's slice, then outwards slice by slice until the
+        object ends or ``stop_at = (lo, hi)`` (inclusive slice indices; see :func:`check_stop_at`).
+        ``progress`` is called with the number of slices done."""
+        prompt = self.check(prompt)
+        check_stop_at(stop_at, prompt.slice_index, self.num_slices, prompt.axis)
+        points, labels = _point_arrays(prompt)
+        return self.predictor.propagate(
+            prompt.slice_index,
+            box=prompt.box,
+            points=points,
+            point_labels=labels,
+            stop_at=stop_at,
+            progress=progress,
+        )
+
+    def labels(self, masks: np.ndarray, label: int = 1) -> np.ndarray:
+        """Display-stack masks ``(S, H, W)`` -> labels ``(X, Y, Z)`` uint8/uint16 on the grid."""
+        dtype = np.uint8 if label <= 255 else np.uint16
+        return np.ascontiguousarray(self.view.unstack(masks.astype(dtype) * dtype(label)))
+
+
+def check_single_channel_volume(volume: Volume) -> None:
+    """Refuse (``multi_channel``) a volume with several channels: prompts need one image."""
+    if volume.num_channels != 1:
+        raise InputError(
+            "multi_channel",
+            f"{volume.num_channels} channels; choose one with --volume N (volume_index=N)",
+            path=volume.meta.get("path"),
+        )
+
+
+def check_stop_at(stop_at: tuple[int, int] | None, key: int, count: int, axis: str) -> None:
+    """Refuse (``bad_prompt``) a propagation range that does not hold the prompted slice."""
+    if stop_at is not None and not 0 <= stop_at[0] <= key <= stop_at[1] < count:
+        raise InputError(
+            "bad_prompt",
+            f"--slices {stop_at[0]},{stop_at[1]} must satisfy 0 <= LO <= the prompted slice "
+            f"({key}) <= HI <= {count - 1} ({axis})",
+        )
+
+
 def segment_with_prompt(
     volume: Volume,
     prompt: Prompt,
@@ -131,7 +229,8 @@ def segment_with_prompt(
     Args:
         volume: a single-channel volume ``(X, Y, Z)``.
         prompt: the user's prompt in display coordinates.
-        predictor: a :class:`medseg.inference.litemedsam.LiteMedSAMPredictor`.
+        predictor: a :class:`medseg.inference.litemedsam.LiteMedSAMPredictor` (or another
+            predictor :class:`PromptedVolume` accepts).
         window: ``(level, width)`` for CT, or None for MedSAM's percentile clipping.
         label: the label value written for the object.
         propagate: segment through the volume (True) or the prompted slice only.
@@ -143,41 +242,22 @@ def segment_with_prompt(
         InputError: ``not_enough_memory`` when the work on this volume would not fit
             (:func:`medseg.inference.memory.check_prompted`), ``multi_channel``, ``bad_prompt``.
     """
-    from medseg.inference.litemedsam import to_uint8
-    from medseg.inference.memory import check_prompted
-
-    if volume.num_channels != 1:
-        raise InputError(
-            "multi_channel", f"{volume.num_channels} channels; choose one with --volume N"
-        )
-    check_prompted(VolumeHeader.of(volume))  # not_enough_memory before any copy is made
+    check_single_channel_volume(volume)
     view = PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis)
     prompt = validate_prompt(prompt, view)
-    stack = np.ascontiguousarray(to_uint8(view.stack(volume.array), window=window))
-    predictor.set_stack(stack)
-    points = point_labels = None
-    if prompt.points:
-        points = np.array([(x, y) for x, y, _ in prompt.points], dtype=np.float32)
-        point_labels = np.array([lab for *_, lab in prompt.points], dtype=np.int64)
-    if stop_at is not None and not 0 <= stop_at[0] <= prompt.slice_index <= stop_at[1] < len(stack):
-        raise InputError(
-            "bad_prompt",
-            f"--slices {stop_at[0]},{stop_at[1]} must satisfy 0 <= LO <= the prompted slice "
-            f"({prompt.slice_index}) <= HI <= {len(stack) - 1} ({prompt.axis})",
-        )
+    check_stop_at(stop_at, prompt.slice_index, view.num_slices, prompt.axis)
+    prompted = PromptedVolume(volume, prompt.axis, predictor, window=window)
     if propagate:
-        mask = predictor.propagate(
-            prompt.slice_index,
-            box=prompt.box,
-            points=points,
-            point_labels=point_labels,
-            stop_at=stop_at,
-            progress=progress,
-        )
+        masks = prompted.propagate(prompt, stop_at=stop_at, progress=progress)
     else:
-        mask = np.zeros(stack.shape, dtype=bool)
-        mask[prompt.slice_index], _ = predictor.predict(
-            prompt.slice_index, box=prompt.box, points=points, point_labels=point_labels
-        )
-    dtype = np.uint8 if label <= 255 else np.uint16
-    return np.ascontiguousarray(view.unstack(mask.astype(dtype) * dtype(label)))
+        masks = np.zeros((view.num_slices, view.height, view.width), dtype=bool)
+        masks[prompt.slice_index], _ = prompted.predict(prompt)
+    return prompted.labels(masks, label)
+
+
+def _point_arrays(prompt: Prompt) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(points (N, 2) float32 x/y, labels (N,) int64)`` or ``(None, None)`` without points."""
+    if not prompt.points:
+        return None, None
+    points = np.array([(x, y) for x, y, _ in prompt.points], dtype=np.float32)
+    return points, np.array([lab for *_, lab in prompt.points], dtype=np.int64)

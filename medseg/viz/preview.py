@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.io.volume import Volume
 from medseg.transforms.planes import PlaneView
-from medseg.viz import (
+from medseg.viz.core import (
     apply_window,
     montage,
     overlay_labels,
@@ -18,7 +17,8 @@ from medseg.viz import (
 
 
 def render_preview(
-    volume: Volume,
+    image: np.ndarray,
+    affine: np.ndarray,
     labels: np.ndarray,
     axis: str,
     *,
@@ -28,11 +28,12 @@ def render_preview(
 ) -> bytes:
     """PNG bytes of up to ``count`` ``axis`` slices spread over the object (display orientation).
 
-    ``labels`` is ``(X, Y, Z)`` on the volume's grid; ``window`` is ``(level, width)`` or None for
-    the MR percentile window.
+    ``image`` is ``(X, Y, Z)`` (or ``(C, X, Y, Z)``: channel 0 is shown) with voxel -> RAS
+    ``affine (4, 4)``; ``labels`` is ``(X, Y, Z)`` on the same grid; ``window`` is
+    ``(level, width)`` or None for the MR percentile window.
     """
-    view = PlaneView.from_affine(volume.affine, volume.spatial_shape, axis)
-    image = volume.array if volume.array.ndim == 3 else volume.array[0]
+    image = image if image.ndim == 3 else image[0]
+    view = PlaneView.from_affine(affine, image.shape, axis)
     level, width = window if window is not None else percentile_window(image)
     img_stack, lab_stack = view.stack(image), view.stack(labels)
     tiles = []
