@@ -7,6 +7,8 @@ The CLI turns any :class:`MedsegError` into ``error: <file>: <reason>`` on stder
 
 from __future__ import annotations
 
+import unicodedata
+
 
 class MedsegError(Exception):
     """Base class: ``code`` is a short machine-readable tag, ``message`` one human line."""
@@ -20,7 +22,22 @@ class MedsegError(Exception):
         self.path = path
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
+        """``<path>: <message>`` on one line: control characters of either are escaped, so a
+        file name holding a newline cannot split the line or forge a second ``error:`` line."""
+        message = printable(self.message)
+        return f"{printable(self.path)}: {message}" if self.path else message
+
+
+def printable(text: object) -> str:
+    """``str(text)`` with control and format characters (newline, carriage return, escape,
+    bidirectional overrides, ...) written as Python escapes (``\\n``, ``\\x1b``, ``\\u202e``);
+    everything else, non-ASCII letters included, is kept as it is."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+        else ch
+        for ch in str(text)
+    )
 
 
 class InputError(MedsegError):

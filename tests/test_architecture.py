@@ -23,6 +23,8 @@ ALLOWED = {
     "models": {"models", *LEAVES},
     "inference": {"inference", "io", "transforms", "models", "metrics", *LEAVES},
     "viz": {"viz", "transforms", *LEAVES},
+    # the service layer under the CLI and the viewer
+    "api": {"api", "inference", "io", "transforms", "viz", "models", *LEAVES},
     "files": {"errors"},
     "errors": set(),
     "cli": None,  # top layer
@@ -57,7 +59,7 @@ def _medseg_imports(path: Path) -> set[str]:
     return {
         name.split(".")[1]
         for name in _imports(path)
-        if name.startswith("medseg.") and len(name.split(".")) > 1
+        if name.startswith("medseg.") and not name.split(".")[1].startswith("__")
     }
 
 
@@ -99,6 +101,45 @@ def test_import_medseg_is_light():
         errors="replace",
         check=True,
     )
+    assert out.stdout.strip() == "[]"
+
+
+# what runs a model; the CLI's segment/restore/demo and the viewer reach them through medseg.api
+MODEL_RUNNERS = (
+    "medseg.models", "medseg.engine", "medseg.inference.automatic",
+    "medseg.inference.restoration", "medseg.inference.litemedsam",
+    "medseg.inference.sam_family", "medseg.inference.downstream",
+)  # fmt: skip
+API_CALLERS = [
+    *(f"medseg/cli/{n}.py" for n in ("segment", "autoseg", "samseg", "demo", "restore")),
+    *(str(p.relative_to(ROOT)) for p in sorted((ROOT / "apps").rglob("*.py"))),
+]
+
+
+@pytest.mark.parametrize("name", API_CALLERS)
+def test_the_cli_and_the_viewer_run_models_through_the_api(name):
+    used = _imports(ROOT / name)
+    hits = sorted(u for u in used if any(u == m or u.startswith(m + ".") for m in MODEL_RUNNERS))
+    assert not hits, f"{name} imports {hits}: go through medseg.api"
+
+
+def test_the_api_exports_what_it_documents():
+    import medseg
+    import medseg.api
+
+    assert set(medseg.__all__) >= {"segment", "Segmenter", "restore", "Restorer", "Box", "Point"}
+    for name in medseg.__all__:
+        assert getattr(medseg, name) is not None, name
+    assert medseg.segment is medseg.api.segment and medseg.Box is medseg.api.Box
+
+
+def test_import_medseg_api_is_light():
+    """``import medseg.api`` (the notebook entry point) loads no torch until a model is used."""
+    code = (
+        "import sys, medseg, medseg.api; medseg.Segmenter;"
+        "print(sorted({'torch', 'lightning', 'monai', 'gradio'} & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 

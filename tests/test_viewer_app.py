@@ -245,8 +245,9 @@ def test_sessions_are_isolated(scan, tmp_path, hub):
     assert b.slice_of("axial") == s and b.window == (300.0, 600.0)
     assert a.predictor is not None and b.predictor is None
     cb.prompt_text(b, f"axial {s} point {box[0] + 6} {box[1] + 6}", hub)
-    assert a.predictor is not b.predictor and a.predictor.net is b.predictor.net
-    assert a.predictor._cache is not b.predictor._cache
+    pa, pb = a.prompted.predictor, b.prompted.predictor  # the sessions' LiteMedSAM predictors
+    assert a.predictor is not b.predictor and pa is not pb and pa.net is pb.net
+    assert pa._cache is not pb._cache
     assert a.labels is not b.labels and source.array.max() == b.image.array.max()
 
 

@@ -107,7 +107,8 @@ def test_restoration_checkpoints_become_restorers(hub):
     assert set(hub.restorers) == {"rat_denoise", "disgan_x2"} and not hub.segmenters
     rat, disgan = hub.restorers["rat_denoise"], hub.restorers["disgan_x2"]
     assert isinstance(rat, CheckpointRestorer) and isinstance(disgan, CheckpointRestorer)
-    assert rat.restorer.takes_regions and isinstance(rat.restorer.partitioner, KMeansPartitioner)
+    model = rat.restorer.model  # the loaded medseg.inference.restoration.Restorer
+    assert model.takes_regions and isinstance(model.partitioner, KMeansPartitioner)
     assert (rat.scale, disgan.scale) == (1, 2)
 
 
@@ -125,7 +126,8 @@ def test_segmentation_checkpoint_stays_a_segmenter(tmp_path, rat_ckpt, monkeypat
     (tmp_path / "b").mkdir()
     seg2 = shutil.copy(seg, tmp_path / "b" / "last.ckpt")
     hub = hub_from_checkpoints([seg, again, seg2], device="cpu")
-    assert hub.segmenters == {"last": "segmenter", "last-2": "segmenter"}
+    assert list(hub.segmenters) == ["last", "last-2"]
+    assert all(s.mode == "automatic" for s in hub.segmenters.values())
     assert list(hub.restorers) == ["sub"] and len(loaded) == 2
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import io
 import json
 import tempfile
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import numpy as np
 
 from medseg.errors import MedsegError
 from medseg.inference.prompted import Prompt, validate_prompt
-from medseg.io import save_volume
+from medseg.io.volume import Volume
 from medseg.viz import WINDOW_PRESETS, LabelStyle, percentile_window
 
 from . import grids, opening
@@ -220,13 +221,7 @@ def add_prompt(
     except MedsegError:
         session.undo()
         raise
-    predictor = _predictor(session, hub, axis)
-    points = labels = None
-    if prompt.points:
-        points = np.array([(x, y) for x, y, _ in prompt.points], dtype=np.float32)
-        labels = np.array([lab for *_, lab in prompt.points], dtype=np.int64)
-    mask, iou = predictor.predict(prompt.slice_index, box=prompt.box, points=points,
-                                  point_labels=labels)  # fmt: skip
+    mask, iou = _prompted(session, hub, axis).predict(prompt)
     plane = view.stack(session.labels)[prompt.slice_index]  # a writable view of the labels
     plane[plane == obj.label] = 0
     plane[mask & (plane == 0)] = obj.label
@@ -246,15 +241,9 @@ def propagate(
     prompt = validate_prompt(Prompt(obj.axis, obj.slice_index, obj.box, obj.points), view)
     key, n = prompt.slice_index, max(int(each_way), 0)
     stop_at = (max(key - n, 0), min(key + n, view.num_slices - 1))
-    predictor = _predictor(session, hub, obj.axis)
-    points = labels = None
-    if prompt.points:
-        points = np.array([(x, y) for x, y, _ in prompt.points], dtype=np.float32)
-        labels = np.array([lab for *_, lab in prompt.points], dtype=np.int64)
     total = stop_at[1] - stop_at[0] + 1
     report = None if progress is None else (lambda done: progress(done / total))
-    masks = predictor.propagate(key, box=prompt.box, points=points, point_labels=labels,
-                                stop_at=stop_at, progress=report)  # fmt: skip
+    masks = _prompted(session, hub, obj.axis).propagate(prompt, stop_at=stop_at, progress=report)
     session.checkpoint()
     stack = view.stack(session.labels)
     stack[stack == obj.label] = 0
@@ -263,19 +252,19 @@ def propagate(
     return f"{obj.name}: propagated over {slices} {obj.axis} slice(s)"
 
 
-def _predictor(session: Session, hub: ModelHub, axis: str):
-    """This session's predictor holding the ``axis`` stack at the current window."""
-    from medseg.inference.litemedsam import to_uint8
-
+def _prompted(session: Session, hub: ModelHub, axis: str):
+    """This session's :class:`~medseg.inference.prompted.PromptedVolume` of the displayed image
+    cut along ``axis`` at the current window (rebuilt when either changes)."""
     key = (axis, *session.window)
     if session.predictor is None:
         session.predictor = hub.session_predictor()
-    if session.predictor_key != key:
-        view = session.views[axis]
-        stack = to_uint8(view.stack(session.image.array), window=session.window)
-        session.predictor.set_stack(np.ascontiguousarray(stack))
+    if session.predictor_key != key or session.prompted is None:
+        session.prompted = None  # the old stack goes before the new one is built
+        session.prompted = session.predictor.prompt_volume(
+            session.image, axis=axis, window=session.window
+        )
         session.predictor_key = key
-    return session.predictor
+    return session.prompted
 
 
 # objects, undo, reset ---------------------------------------------------------------------------
@@ -343,29 +332,29 @@ def restore(session: Session | None, hub: ModelHub, name: str) -> str:
 def export(session: Session | None, out_root: str) -> list[str]:
     """Write the label map (NIfTI on the image grid), statistics (CSV, JSON) and the restored
     image when there is one (NIfTI on its own grid); return the paths."""
+    from medseg.api.outputs import write_outputs
+
     session = require(session)
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=out_root))
     session.own_dirs.append(str(folder))
     dtype = np.uint8 if int(session.labels.max()) <= 255 else np.uint16
-    labels = session.image.with_array(session.labels.astype(dtype))
-    label_path = folder / f"{session.name}_labels.nii.gz"
-    source = session.image.meta.get("path")
-    save_volume(labels, label_path, role="label", protect=[source] if source else ())
     stats = dict(statistics(session))
     stats["source"] = session.name
     stats["note"] = "research use, not a medical device"
-    json_path = folder / f"{session.name}_stats.json"
-    json_path.write_text(json.dumps(stats, indent=2), encoding="utf-8")
-    csv_path = folder / f"{session.name}_stats.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        columns = ["label", "name", "voxels", "volume_ml", "mean", "sd", "touches_border"]
-        writer.writerow(columns)
-        for e in stats["labels"]:
-            writer.writerow([e[c] for c in columns])
-    paths = [str(label_path), str(csv_path), str(json_path)]
+    table = io.StringIO()
+    writer = csv.writer(table)
+    columns = ["label", "name", "voxels", "volume_ml", "mean", "sd", "touches_border"]
+    writer.writerow(columns)
+    for e in stats["labels"]:
+        writer.writerow([e[c] for c in columns])
+    label_path = folder / f"{session.name}_labels.nii.gz"
+    files: dict[Path, Volume | bytes] = {
+        label_path: session.image.with_array(session.labels.astype(dtype)),
+        folder / f"{session.name}_stats.csv": table.getvalue().encode("utf-8"),
+        folder / f"{session.name}_stats.json": json.dumps(stats, indent=2).encode("utf-8"),
+    }
     if session.restored is not None:
-        restored_path = folder / f"{session.name}_restored.nii.gz"
-        save_volume(session.restored, restored_path, protect=[source] if source else ())
-        paths.append(str(restored_path))
-    return paths
+        files[folder / f"{session.name}_restored.nii.gz"] = session.restored
+    source = session.image.meta.get("path")
+    paths = write_outputs(files, protect=[source] if source else (), labels=[label_path])
+    return [str(p) for p in paths]

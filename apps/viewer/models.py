@@ -1,10 +1,11 @@
 """The models the viewer can run, loaded once per app and shared read-only by all sessions.
 
-- LiteMedSAM (prompted): loaded on first use; every session gets its own
-  :meth:`~medseg.inference.litemedsam.LiteMedSAMPredictor.fork` (own stack and embedding cache,
-  shared weights), so no user sees another's slices.
+- LiteMedSAM (prompted): a :class:`medseg.api.Segmenter`, loaded on first use; every session
+  gets its own :meth:`~medseg.api.Segmenter.fork` (own stack and embedding cache, shared
+  weights), so no user sees another's slices.
 - Segmenters (automatic): anything with ``segment(volume) -> output`` whose ``output.labels`` is a
-  label ``Volume`` on the input grid, and ``label_names`` (``AutomaticSegmenter`` is one).
+  label ``Volume`` on the input grid, and ``label_names`` (:class:`medseg.api.Segmenter` on a
+  ``medseg fit`` checkpoint is one).
 - Restorers: any callable ``Volume -> Volume`` whose result covers the input's physical box with
   the same direction: the input grid (denoising) or a finer one (super-resolution, see
   :func:`medseg.inference.restoration.super_resolved_affine`). ``medseg fit`` restoration
@@ -35,8 +36,8 @@ class Restorer(Protocol):
 
 
 class CheckpointRestorer:
-    """A :class:`Restorer` around :class:`medseg.inference.restoration.Restorer` (a ``medseg fit``
-    restoration checkpoint), as ``medseg restore`` runs it with default windows.
+    """A :class:`Restorer` around :class:`medseg.api.Restorer` (a ``medseg fit`` restoration
+    checkpoint), as ``medseg restore`` runs it with default windows.
 
     RAT (nets that take ``regions``) gets the region partitioner it was trained with, by the
     rule of ``medseg restore --regions auto``: LiteMedSAM prompted by a point grid when the
@@ -54,24 +55,20 @@ class CheckpointRestorer:
     def from_checkpoint(
         cls, path: str | os.PathLike[str], *, device: str = "auto", trusted: bool = False
     ) -> Any:
-        from medseg.inference.restoration import Restorer as Predictor
-        from medseg.inference.restoration import choose_partitioner  # `--regions auto`
+        from medseg.api import Restorer as ApiRestorer
 
-        restorer = Predictor.from_checkpoint(path, device=device, trusted=trusted)
-        if restorer.takes_regions:
-            restorer.partitioner = choose_partitioner("auto", restorer.restoration, device)
-        return cls(restorer)
+        return cls(ApiRestorer(path, device=device, trust_checkpoint=trusted).load())
 
     @property
     def scale(self) -> int:
-        return int(self.restorer.scale)
+        return self.restorer.factor
 
     def __call__(self, volume: Volume) -> Volume:
-        return self.restorer.restore(volume).volume
+        return self.restorer(volume)
 
 
 class Segmenter(Protocol):
-    """Automatic segmentation (``medseg.inference.automatic.AutomaticSegmenter``)."""
+    """Automatic segmentation (:class:`medseg.api.Segmenter` on a ``medseg fit`` checkpoint)."""
 
     label_names: Mapping[int, str]
 
@@ -109,20 +106,38 @@ class ModelHub:
             torch.set_num_threads(max(int(self.threads), 1))
 
     def session_predictor(self) -> Any:
-        """A fresh per-session predictor (the weights load once, on the first call)."""
+        """A fresh per-session prompted segmenter (the weights load once, on the first call):
+        ``prompt_volume(volume, axis=, window=)`` gives the session's
+        :class:`~medseg.inference.prompted.PromptedVolume`."""
         with self._lock:
             if self._shared is None:
-                self._shared = (self.predictor_factory or self._load_litemedsam)()
-        return self._shared.fork()
+                factory = self.predictor_factory
+                self._shared = _Injected(factory()) if factory else self._load_litemedsam()
+        return self._shared.fork(cache_slices=CACHE_SLICES)
 
     def _load_litemedsam(self) -> Any:
-        from medseg.inference.litemedsam import LiteMedSAMPredictor
-        from medseg.models.litemedsam import load_litemedsam
+        from medseg.api import Segmenter as ApiSegmenter
 
-        net = load_litemedsam(self.litemedsam_checkpoint, device=self.device)
-        return LiteMedSAMPredictor(
-            net, device=self.device, precision=self.precision, cache_slices=CACHE_SLICES
+        segmenter = ApiSegmenter(
+            self.litemedsam_checkpoint, device=self.device, precision=self.precision
         )
+        return segmenter.load()
+
+
+class _Injected:
+    """A predictor built by ``predictor_factory`` (tests), behind the session interface of
+    :meth:`medseg.api.Segmenter.fork` / ``prompt_volume``."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+
+    def fork(self, *, cache_slices: int | None = None) -> _Injected:  # noqa: ARG002
+        return _Injected(self.predictor.fork())
+
+    def prompt_volume(self, volume: Volume, *, axis: str, window: Any) -> Any:
+        from medseg.inference.prompted import PromptedVolume
+
+        return PromptedVolume(volume, axis, self.predictor, window=window)
 
 
 def hub_from_checkpoints(
@@ -140,7 +155,7 @@ def hub_from_checkpoints(
     (:class:`ModelError`, exit 4).
     ``trusted``: also load ``medseg fit`` checkpoints holding arbitrary pickled objects
     (``--trust-checkpoint``; trusted sources only)."""
-    from medseg.inference.automatic import AutomaticSegmenter
+    from medseg.api import Segmenter as ApiSegmenter
     from medseg.inference.checkpoints import (
         check_checkpoint_file,
         checkpoint_kind,
@@ -160,9 +175,9 @@ def hub_from_checkpoints(
             )
         elif kind == "lightning":
             name = _free_name(Path(path).stem, hub)
-            hub.segmenters[name] = AutomaticSegmenter.from_checkpoint(
-                path, device=device, trusted=trusted
-            )
+            hub.segmenters[name] = ApiSegmenter(
+                path, device=device, trust_checkpoint=trusted
+            ).load()
         else:
             raise ModelError("bad_checkpoint", "not a torch checkpoint", path=str(path))
     if hub.litemedsam_checkpoint is not None:

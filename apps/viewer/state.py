@@ -84,8 +84,9 @@ class Session:
             of a box being drawn.
         style: overlay opacity, visible ids, outline.
         history: undo snapshots, oldest first (at most :data:`HISTORY_DEPTH`).
-        predictor, predictor_key: this session's LiteMedSAM predictor and the
-            ``(axis, level, width)`` its stack was built for.
+        predictor, predictor_key, prompted: this session's LiteMedSAM segmenter
+            (:meth:`medseg.api.Segmenter.fork`), the ``(axis, level, width)`` its stack was
+            built for and the :class:`~medseg.inference.prompted.PromptedVolume` holding it.
         restored: the restoration result, or None: on the image grid, or on a finer grid over
             the same box (super-resolution; see :mod:`apps.viewer.grids`).
         viewports: the last rendered :class:`Viewport` of each plane (maps clicks back).
@@ -117,6 +118,7 @@ class Session:
     history: list[Snapshot] = field(default_factory=list)
     predictor: Any = None
     predictor_key: tuple | None = None
+    prompted: Any = None
     restored: Volume | None = None
     viewports: dict[str, Viewport] = field(default_factory=dict)
     views: dict[str, PlaneView] = field(default_factory=dict)
@@ -219,6 +221,7 @@ def discard(session: Session | None) -> None:
         shutil.rmtree(folder, ignore_errors=True)
     session.own_dirs.clear()
     session.render_dir, session.rendered, session.predictor = None, {}, None
+    session.prompted = None
 
 
 def new_session(

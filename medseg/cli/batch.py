@@ -45,7 +45,7 @@ def list_inputs(path: Path) -> tuple[list[Path], list[str]]:
 
 def case_names(inputs: list[Path]) -> dict[Path, str | None]:
     """Output stem per input; None for inputs whose stem another input already has."""
-    from .outputs import case_name
+    from medseg.api.outputs import case_name
 
     seen: dict[str, int] = {}
     for p in inputs:
@@ -62,7 +62,7 @@ def check_batch_outputs(inputs: list[Path], outputs_of: Callable[[str], list[Pat
     input ``a_seg.nii.gz``), even with ``--overwrite``. Returns the inputs, the ``protect``
     list every later write of the run passes on.
     """
-    from .outputs import resolved
+    from medseg.api.outputs import resolved
 
     protected = {resolved(p): p for p in inputs}
     for name in filter(None, case_names(inputs).values()):

@@ -46,10 +46,11 @@ def add_parser(sub, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.cli.main import build_parser
-    from medseg.cli.segment import segment_file
+    from medseg.api import Box, Segmenter
     from medseg.inference.stats import dice
     from medseg.transforms.planes import PlaneView
+
+    from .report import SliceProgress, print_summary, warning_printer
 
     image_path, reference = _shipped_data()
     view = PlaneView.from_affine(reference.affine, reference.shape, args.axis)
@@ -62,31 +63,35 @@ def run(args: argparse.Namespace) -> int:
         min(int(cols.max()) + BOX_MARGIN, view.width - 1),
         min(int(rows.max()) + BOX_MARGIN, view.height - 1),
     )
-    argv = [
-        "segment", str(image_path), "-o", args.output,
-        "--axis", args.axis, "--slice", str(key), "--box", ",".join(map(str, box)),
-        "--window", ",".join(map(str, DEMO_WINDOW)), "--name", "brain",
-        "--device", args.device, "--precision", args.precision,
-    ]  # fmt: skip
     lo, hi = 0, view.num_slices - 1
     if args.quick:
         lo, hi = max(key - QUICK_HALF, 0), min(key + QUICK_HALF, hi)
-        argv += ["--slices", f"{lo},{hi}"]
-    if args.overwrite:
-        argv.append("--overwrite")
-    if args.quiet:
-        argv.append("--quiet")
-    seg_args = build_parser().parse_args(argv)
     if not args.quiet:
         print(f"MNI152 T1 template: {image_path}")
         print(f"prompt: {args.axis} slice {key}, box {box} (display pixels), window 40/80")
-    _, labels, report, _ = segment_file(seg_args, name="mni152_t1")
-    score = dice(view.stack(labels)[lo : hi + 1] > 0, ref_stack[lo : hi + 1])
+    segmenter = Segmenter(device=args.device, precision=args.precision)
+    with SliceProgress(args.quiet) as progress:
+        result = segmenter.segment(
+            image_path,
+            prompts=Box(box, axis=args.axis, slice=key),
+            window=DEMO_WINDOW,
+            label_name="brain",
+            slices=(lo, hi) if args.quick else None,
+            output=args.output,
+            output_name="mni152_t1",
+            overwrite=args.overwrite,
+            on_warning=warning_printer(image_path),
+            progress=progress,
+        )
+    labels = result.statistics["labels"]
+    if not args.quiet:
+        print_summary(result.paths, labels, prompted=True)
+    score = dice(view.stack(result.labels.array)[lo : hi + 1] > 0, ref_stack[lo : hi + 1])
     within = f" ({args.axis} slices {lo}-{hi})" if args.quick else ""
     print(
         f"Dice vs nilearn's MNI152 brain mask{within}: {score:.3f} "
-        f"({report['labels'][0]['volume_ml'] if report['labels'] else 0:.0f} mL segmented, "
-        f"{report['seconds']:.0f} s)"
+        f"({labels[0]['volume_ml'] if labels else 0:.0f} mL segmented, "
+        f"{result.timings['seconds']:.0f} s)"
     )
     return 0
 

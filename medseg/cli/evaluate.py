@@ -202,7 +202,7 @@ def _index(folder: Path, tag: str) -> dict[str, Path]:
 
 
 def _stem(path: Path) -> str:
-    from .outputs import case_name
+    from medseg.api.outputs import case_name
 
     return case_name(path)
 
@@ -320,14 +320,14 @@ _METRIC_COLUMNS = [
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    from .outputs import write_bytes_atomic
+    from medseg.api.outputs import write_outputs
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: _fmt(r.get(k)) for k in columns})
-    write_bytes_atomic(path, buf.getvalue().encode())
+    write_outputs({path: buf.getvalue().encode()}, overwrite=True)  # checked before any work
 
 
 def _fmt(value: Any) -> Any:
@@ -342,14 +342,14 @@ def _pm(s: dict) -> str:
 
 def _output_paths(args: argparse.Namespace) -> list[Path]:
     """``[metrics.csv, metrics_acdc.csv]`` checked before any work ([] without ``-o``)."""
-    from .outputs import prepare_outputs
+    from medseg.api.outputs import plan_outputs
 
     if args.output is None:
         return []
     out = Path(args.output)
     names = [out.name] + ([f"{out.stem}_acdc{out.suffix or '.csv'}"] if args.acdc else [])
     protect = [Path(args.pred), Path(args.gt)]
-    return prepare_outputs(out.parent, names, overwrite=args.overwrite, protect=protect)
+    return plan_outputs(out.parent, names, overwrite=args.overwrite, protect=protect)
 
 
 def _parse_labels(text: str) -> list[int]:

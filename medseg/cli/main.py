@@ -8,6 +8,7 @@ stderr; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import traceback
@@ -18,6 +19,10 @@ from medseg.errors import MedsegError
 EXIT_OK, EXIT_INPUT, EXIT_OUTPUT, EXIT_MODEL = 0, 2, 3, 4
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 TRAIN_COMMANDS = ("fit", "validate", "test", "predict")
+#: options whose value may be a list of numbers starting with a minus sign (RAS millimetres,
+#: a negative CT window level): ``--box-mm -60,-80,10,...`` is read as ``--box-mm=-60,...``
+NUMBER_OPTIONS = ("--box", "--point", "--box-mm", "--point-mm", "--window", "--slices")
+_NUMBERS = re.compile(r"^-[0-9.][0-9.eE+-]*(\s*,\s*-?[0-9.][0-9.eE+-]*)*$")
 
 
 class Terminated(BaseException):
@@ -65,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return train.main(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(join_negative_numbers(argv))
     except SystemExit as exc:
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
@@ -84,11 +89,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: terminated", file=sys.stderr)
         return EXIT_SIGTERM
     except MemoryError as exc:
-        _report(MedsegError("out_of_memory", "out of memory"), args, exc)
-        return EXIT_OUTPUT
+        from medseg.errors import InputError
+
+        error = InputError(
+            "not_enough_memory",
+            "not enough memory: use a smaller input (--roi, --batch-size where offered) or a "
+            "machine with more memory",
+        )
+        _report(error, args, exc)
+        return error.exit_code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def join_negative_numbers(argv: list[str]) -> list[str]:
+    """``[..., "--box-mm", "-60,-80,...", ...]`` -> ``[..., "--box-mm=-60,-80,...", ...]`` for
+    the options in :data:`NUMBER_OPTIONS` (argparse would take the value for an option)."""
+    out: list[str] = []
+    it = iter(range(len(argv)))
+    for i in it:
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if argv[i] in NUMBER_OPTIONS and nxt is not None and _NUMBERS.match(nxt):
+            out.append(f"{argv[i]}={nxt}")
+            next(it, None)
+        else:
+            out.append(argv[i])
+    return out
 
 
 def _report(

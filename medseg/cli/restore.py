@@ -28,13 +28,9 @@ over the input.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 
-from medseg.errors import InputError
-
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+from medseg.errors import InputError, printable
 
 
 def add_parser(sub, parents) -> None:
@@ -76,18 +72,30 @@ def add_parser(sub, parents) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.inference.restoration import Restorer, choose_partitioner
-    from medseg.io import cleanup_orphan_temps
+    from medseg.api import Restorer
+    from medseg.api.outputs import case_name, plan_outputs
+    from medseg.api.results import restore_paths, volume_suffix
 
     from .batch import check_batch_outputs, list_inputs, note_ignored, run_cases
-    from .outputs import case_name
+    from .report import warning_printer
+    from .segment import read_options
 
     if (args.seg_checkpoint is None) != (args.reference is None):
         raise InputError("bad_argument", "--seg-checkpoint and --reference go together")
-    roi = _sizes(args.roi)
+    restorer = Restorer(
+        args.checkpoint,
+        device=args.device,
+        trust_checkpoint=args.trust_checkpoint,
+        overlap=args.overlap,
+        roi=args.roi,
+        batch_size=args.batch_size,
+        regions=args.regions,
+        scale=args.scale,
+    )
     inputs, ignored = list_inputs(Path(args.input))
     batch = inputs != [Path(args.input)]
-    if batch and _file_suffix(Path(args.output)) is not None:
+    out = Path(args.output)
+    if batch and volume_suffix(out) is not None:
         raise InputError(
             "bad_argument",
             f"{args.input} is a folder of volumes: -o must name an output folder, not a file",
@@ -99,118 +107,33 @@ def run(args: argparse.Namespace) -> int:
         )
     note_ignored(args.input, ignored)
     # outputs checked before the model loads: the folder for a batch, the files for one input
-    _outputs(args, inputs[0], "" if batch else case_name(inputs[0]))
-    out = Path(args.output)
-    protect = check_batch_outputs(
-        inputs, lambda name: [out / f"{name}_restored.nii.gz", out / f"{name}_restore.json"]
-    )
-    restorer = Restorer.from_checkpoint(
-        args.checkpoint,
-        device=args.device,
-        trusted=args.trust_checkpoint,
-        overlap=args.overlap,
-        roi=roi,
-        sw_batch_size=args.batch_size,
-    )
-    if args.scale is not None and args.scale != restorer.scale:
-        raise InputError(
-            "scale_mismatch",
-            f"--scale {args.scale}, but the checkpoint upsamples by {restorer.scale}",
-            path=args.checkpoint,
-        )
-    if restorer.takes_regions:
-        restorer.partitioner = choose_partitioner(args.regions, restorer.restoration, args.device)
+    names = [] if batch else [p.name for p in restore_paths(out, case_name(inputs[0]))]
+    folder = restore_paths(out, "x")[0].parent
+    plan_outputs(folder, names, overwrite=args.overwrite, protect=inputs)
+    protect = check_batch_outputs(inputs, lambda name: list(restore_paths(out, name)))
+    if args.seg_checkpoint is not None:
+        from medseg.inference.checkpoints import check_checkpoint_file
+
+        check_checkpoint_file(args.seg_checkpoint)
+    restorer.load()
 
     def one(path: Path, name: str) -> None:
-        image_path, report_path = _outputs(args, path, name, protect=protect)
-        cleanup_orphan_temps(image_path.parent)
-        restore_case(args, restorer, path, image_path, report_path, protect=protect)
+        result = restorer.restore(
+            path,
+            seg_checkpoint=args.seg_checkpoint,
+            reference=args.reference,
+            output=out,
+            output_name=name,
+            overwrite=args.overwrite,
+            protect=protect,
+            on_warning=warning_printer(path),
+            **read_options(args),
+        )
+        if not args.quiet:
+            print(f"restored: {printable(result.paths[0])}")
+            print(f"report:   {printable(result.paths[1])}")
+            d = result.details.get("downstream")
+            if d is not None:
+                print(f"dice: input {d['dice_input']:.4f} -> restored {d['dice_restored']:.4f}")
 
     return run_cases(inputs, batch, one, quiet=args.quiet)
-
-
-def restore_case(
-    args, restorer, path: Path, image_path: Path, report_path: Path, *, protect=()
-) -> None:
-    """One input volume -> the restored volume and its JSON report (written all-or-nothing)."""
-    from medseg.io import StagedWrites, load_volume, stage_volume
-
-    started = time.perf_counter()
-    volume = load_volume(
-        path,
-        volume_index="all" if args.volume is None else args.volume,
-        series_uid=args.series_uid,
-        nan_policy=args.nan_policy,
-    )
-    result = restorer.restore(volume)
-    report = {
-        "input": str(path),
-        "output": str(image_path),
-        "checkpoint": str(args.checkpoint),
-        "input_shape": list(volume.spatial_shape),
-        "output_shape": list(result.volume.spatial_shape),
-        "input_spacing": [float(s) for s in volume.spacing],
-        "output_spacing": [float(s) for s in result.volume.spacing],
-        "inference": result.info,
-    }
-    if args.seg_checkpoint:
-        from medseg.inference.downstream import downstream_dice
-
-        report["downstream"] = downstream_dice(
-            args.seg_checkpoint,
-            volume,
-            result.volume,
-            load_volume(args.reference, role="label"),
-            device=args.device,
-            trusted=args.trust_checkpoint,
-        )
-    report["seconds"] = round(time.perf_counter() - started, 3)
-    with StagedWrites() as staged:
-        stage_volume(
-            staged, result.volume, image_path, overwrite=args.overwrite, protect=[path, *protect]
-        )
-        staged.stage_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
-    if not args.quiet:
-        print(f"restored: {image_path}")
-        print(f"report:   {report_path}")
-        if "downstream" in report:
-            d = report["downstream"]
-            print(f"dice: input {d['dice_input']:.4f} -> restored {d['dice_restored']:.4f}")
-
-
-def _file_suffix(out: Path) -> str | None:
-    """The volume suffix when ``-o`` names a file, else None (a folder)."""
-    return next((s for s in _VOLUME_SUFFIXES if out.name.lower().endswith(s)), None)
-
-
-def _outputs(args: argparse.Namespace, source: Path, name: str, *, protect=()) -> tuple[Path, Path]:
-    """Output image and report paths for one case, checked before any work (exists, input,
-    writable); with an empty ``name`` only the output folder is checked."""
-    from .outputs import prepare_outputs
-
-    out = Path(args.output)
-    suffix = _file_suffix(out)
-    if suffix is None:
-        files = [f"{name}_restored.nii.gz", f"{name}_restore.json"] if name else []
-        paths = prepare_outputs(out, files, overwrite=args.overwrite, protect=[source, *protect])
-        return (paths[0], paths[1]) if name else (out, out)
-    stem = out.name[: -len(suffix)]
-    image, report = prepare_outputs(
-        out.parent if str(out.parent) else Path("."),
-        [out.name, f"{stem}_restore.json"],
-        overwrite=args.overwrite,
-        protect=[source],
-    )
-    return image, report
-
-
-def _sizes(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        sizes = [int(v) for v in text.replace(" ", "").split(",")]
-    except ValueError:
-        raise InputError("bad_argument", f"--roi takes sizes like 256,256: {text!r}") from None
-    if min(sizes) < 1:
-        raise InputError("bad_argument", f"--roi sizes must be positive: {text!r}")
-    return sizes

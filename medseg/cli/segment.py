@@ -26,10 +26,6 @@ millimetres (what 3D Slicer shows) instead.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
@@ -87,6 +83,12 @@ def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
         "--point-mm", type=_floats(3, 4), action="append", default=[], help="x,y,z[,label] RAS mm"
     )
     g.add_argument(
+        "--prompts",
+        default=None,
+        metavar="FILE",
+        help="prompts from a JSON file (see README 'Python API'); instead of --box/--point",
+    )
+    g.add_argument(
         "--window",
         type=_floats(2),
         default=None,
@@ -126,204 +128,85 @@ def add_input_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .autoseg import choose_mode, run_automatic
-    from .samseg import check_sam_arguments, run_support
+    """Prompted and SAM2-SGP runs segment one input; automatic runs may take a folder."""
+    from medseg.api import Segmenter
 
-    check_sam_arguments(args)
-    if args.model == "sam2_sgp":
-        return run_support(args)
-    if args.model == "litemedsam" and choose_mode(args) == "automatic":
-        return run_automatic(args)
-    segment_file(args)
+    from .autoseg import run_automatic, segmenter_options
+    from .report import SliceProgress, print_summary, warning_printer
+
+    prompts = prompts_from_args(args)
+    segmenter = Segmenter(args.checkpoint, **segmenter_options(args), **support_options(args))
+    prompted = bool(prompts) or args.slice is not None or bool(args.slices) or args.no_propagate
+    mode = segmenter.resolve_mode(prompted, args.save_probabilities)
+    if mode == "automatic":
+        return run_automatic(args, segmenter)
+    with SliceProgress(args.quiet) as progress:
+        result = segmenter.segment(
+            args.input,
+            prompts=prompts,
+            window=args.window,
+            label=args.label,
+            label_name=args.name,
+            propagate=not args.no_propagate,
+            slices=args.slices,
+            axis=args.axis,
+            output=args.output,
+            overwrite=args.overwrite,
+            on_warning=warning_printer(args.input),
+            progress=progress,
+            **read_options(args),
+        )
+    if not args.quiet:
+        print_summary(result.paths, result.statistics["labels"], prompted=mode == "prompted")
     return 0
 
 
-def segment_file(args: argparse.Namespace, *, name: str | None = None):
-    """Load, prompt, segment and write; returns ``(volume, labels (X, Y, Z), report, paths)``."""
-    from medseg.io import cleanup_orphan_temps, load_volume
+def prompts_from_args(args: argparse.Namespace) -> list:
+    """:class:`medseg.api.Box` / :class:`~medseg.api.Point` from ``--box/--point``,
+    ``--box-mm/--point-mm`` or ``--prompts FILE`` (checked when the volume is known)."""
+    from medseg.api import Box, Point, read_prompts
 
-    from .outputs import case_name, prepare_outputs
-
-    started = time.perf_counter()
-    volume = load_volume(
-        args.input,
-        volume_index=args.volume,
-        series_uid=args.series_uid,
-        nan_policy=args.nan_policy,
-    )
-    print_warnings(volume)
-    prompt = build_prompt(args, volume)
-    prompt = check_prompt(prompt, volume)
-    name = name or case_name(args.input)
-    out_paths = prepare_outputs(
-        args.output,
-        [f"{name}_seg.nii.gz", f"{name}_stats.json", f"{name}_preview.png"],
-        overwrite=args.overwrite,
-        protect=[Path(args.input)],
-    )
-    cleanup_orphan_temps(Path(args.output))
-    predictor = build_predictor(args)
-    labels = run_prompted(args, volume, prompt, predictor)
-    report = write_outputs(
-        args, volume, labels, prompt, out_paths, extra={"seconds": time.perf_counter() - started}
-    )
-    if not args.quiet:
-        print_summary(out_paths, report)
-    return volume, labels, report, out_paths
+    given = args.box is not None or args.point or args.box_mm is not None or args.point_mm
+    if args.prompts is not None:
+        if given:
+            raise InputError("bad_prompt", "use --prompts FILE or --box/--point, not both")
+        return read_prompts(args.prompts)
+    place = {"axis": args.axis, "slice": args.slice}
+    out: list = []
+    if args.box is not None:
+        out.append(Box(tuple(args.box), **place))
+    out += [Point(tuple(p[:2]), label=_point_label(p), **place) for p in args.point]
+    if args.box_mm is not None:
+        out.append(Box(tuple(args.box_mm), space="mm", **place))
+    out += [Point(tuple(p[:3]), label=_point_label(p, 3), space="mm", **place)
+            for p in args.point_mm]  # fmt: skip
+    return out
 
 
-def build_prompt(args: argparse.Namespace, volume):
-    """The :class:`Prompt` from pixel or millimetre arguments (never both)."""
-    from medseg.inference.prompted import Prompt, prompt_from_mm
-
-    pixel = args.box is not None or bool(args.point)
-    mm = args.box_mm is not None or bool(args.point_mm)
-    if pixel and mm:
-        raise InputError("bad_prompt", "use pixel prompts (--box/--point) or --box-mm/--point-mm")
-    if mm:
-        return prompt_from_mm(
-            volume, args.axis, box_mm=args.box_mm, points_mm=args.point_mm, slice_index=args.slice
-        )
-    if not pixel:
-        raise InputError("bad_prompt", "give a prompt: --box x0,y0,x1,y1 and/or --point x,y")
-    if args.slice is None:
-        raise InputError("bad_prompt", "--slice K is required with --box/--point")
-    points = [(p[0], p[1], int(p[2])) for p in args.point]
-    box = tuple(args.box) if args.box is not None else None
-    return Prompt(axis=args.axis, slice_index=args.slice, box=box, points=points)
-
-
-def check_prompt(prompt, volume):
-    """Refuse a prompt off the grid or a multi-channel input before any model work.
-
-    Returns the prompt with its box clipped to the slice."""
-    from medseg.inference.prompted import validate_prompt
-    from medseg.transforms.planes import PlaneView
-
-    if volume.num_channels != 1:
-        raise InputError(
-            "multi_channel",
-            f"{volume.num_channels} channels; choose one with --volume N",
-            path=volume.meta.get("path"),
-        )
-    view = PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis)
-    return validate_prompt(prompt, view)
-
-
-def build_predictor(args: argparse.Namespace):
-    if getattr(args, "model", "litemedsam") == "db_sam":
-        from .samseg import build_box_predictor
-
-        return build_box_predictor(args)
-    from medseg.inference.device import resolve_device
-    from medseg.inference.litemedsam import LiteMedSAMPredictor
-    from medseg.models.litemedsam import load_litemedsam
-
-    device = resolve_device(args.device)
-    net = load_litemedsam(args.checkpoint, device=device)
-    return LiteMedSAMPredictor(net, device=device, precision=args.precision)
-
-
-def run_prompted(args, volume, prompt, predictor) -> np.ndarray:
-    from tqdm.auto import tqdm
-
-    from medseg.inference.prompted import segment_with_prompt
-
-    with tqdm(desc="segmenting", unit="slice", disable=args.quiet, leave=False) as bar:
-        return segment_with_prompt(
-            volume,
-            prompt,
-            predictor,
-            window=tuple(args.window) if args.window else None,
-            label=args.label,
-            propagate=not args.no_propagate,
-            stop_at=tuple(args.slices) if args.slices else None,
-            progress=lambda n: bar.update(n - bar.n),
-        )
-
-
-def write_outputs(
-    args,
-    volume,
-    labels,
-    prompt,
-    out_paths,
-    *,
-    extra=None,
-    names=None,
-    model=None,
-    source=None,
-    protect=(),
-) -> dict:
-    """Render the preview and statistics in memory, then write the three files all-or-nothing.
-
-    All three are staged as fsynced temp files in the output folder, then renamed into place
-    (:class:`medseg.io.StagedWrites`): if any cannot be written, no output changes and no temp
-    file remains. ``prompt`` is None in automatic mode (``names``: label value -> name,
-    ``model``: what segmented, ``source``: the input path when ``args.input`` is a folder).
-    """
-    from medseg import __version__
-    from medseg.inference.stats import label_statistics
-    from medseg.io import StagedWrites, stage_volume
-    from medseg.viz.preview import render_preview
-
-    seg_path, stats_path, png_path = out_paths[:3]
-    source = Path(args.input) if source is None else Path(source)
-    names = names if names is not None else {args.label: args.name or "object"}
-    stats = label_statistics(labels, volume.affine, names)
-    if model is None:
-        kind = getattr(args, "model", "litemedsam")
-        model = kind if args.checkpoint is None else f"{kind}:{args.checkpoint}"
-    report = {
-        "medseg_version": __version__,
-        "input": str(source),
-        "segmentation": seg_path.name,
-        "model": model,
-        **({"prompt": prompt.as_dict()} if prompt is not None else {}),
-        "grid": {
-            "shape": list(volume.spatial_shape),
-            "spacing_mm": [round(float(s), 6) for s in volume.spacing],
-            "orientation": "".join(volume.axcodes),
-        },
-        "warnings": list(volume.meta.get("warnings", [])),
-        **stats,
-        **(extra or {}),
+def read_options(args: argparse.Namespace) -> dict:
+    """How ``IN`` is read (``load_volume`` keywords)."""
+    return {
+        "volume_index": args.volume,
+        "series_uid": args.series_uid,
+        "nan_policy": args.nan_policy,
     }
-    axis = prompt.axis if prompt is not None else args.axis
-    png = render_preview(volume.array, volume.affine, labels, axis, window=args.window)
-    with StagedWrites() as staged:
-        stage_volume(
-            staged,
-            volume.with_array(labels),
-            seg_path,
-            overwrite=args.overwrite,
-            role="label",
-            protect=[source, *protect],
-        )
-        staged.stage_bytes(stats_path, (json.dumps(report, indent=2) + "\n").encode())
-        staged.stage_bytes(png_path, png)
-    return report
 
 
-def print_warnings(volume) -> None:
-    """One ``warning: <file>: <text>`` line on stderr per loader warning (also with --quiet;
-    they are kept in the statistics JSON too)."""
-    where = volume.meta.get("path", "input")
-    for text in volume.meta.get("warnings", []):
-        print(f"warning: {where}: {text}", file=sys.stderr)
+def support_options(args: argparse.Namespace) -> dict:
+    """SAM2-SGP keywords of :class:`medseg.api.Segmenter`."""
+    return {
+        "support": args.support,
+        "support_label": args.support_label,
+        "support_size": args.support_size,
+        "bank_size": args.bank_size,
+    }
 
 
-def print_summary(out_paths, report: dict) -> None:
-    for entry in report["labels"]:
-        print(
-            f"label {entry['label']} ({entry['name']}): {entry['volume_ml']:.2f} mL, "
-            f"{entry['voxels']} voxels"
-        )
-    if not report["labels"]:
-        what = "for this prompt" if "prompt" in report else "in this volume"
-        print(f"the model found no object {what} (empty label map written)")
-    for path in out_paths:
-        print(f"wrote {path}")
+def _point_label(values: list[float], index: int = 2) -> int:
+    label = values[index] if len(values) > index else 1.0
+    if label not in (0.0, 1.0):
+        raise InputError("bad_prompt", f"point label must be 1 (object) or 0, got {label:g}")
+    return int(label)
 
 
 def _floats(*counts: int):
@@ -355,5 +238,4 @@ def _ints(count: int):
 
 
 def _point(text: str) -> list[float]:
-    values = _floats(2, 3)(text)
-    return values + [1.0] if len(values) == 2 else values
+    return _floats(2, 3)(text)
