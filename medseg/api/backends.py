@@ -142,6 +142,16 @@ class SupportBackend:
 
         return prompted_guard()
 
+    def check(self) -> None:
+        """Refuse (before the model loads) a support folder without pairs, or whose files are
+        not regular files (a FIFO or a device would hang or exhaust the reader)."""
+        from medseg.files import check_regular_file
+        from medseg.inference.sam_family import support_pairs
+
+        for pair in support_pairs(self.support):
+            for path in pair:
+                check_regular_file(path, what="support file")
+
     def load(self) -> None:
         if self.net is not None:
             return

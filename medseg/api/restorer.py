@@ -55,6 +55,9 @@ class Restorer:
     ) -> None:
         if regions not in REGIONS:
             raise InputError("bad_argument", f"--regions must be one of {REGIONS}, got {regions!r}")
+        from medseg.inference.checkpoints import check_checkpoint_file
+
+        check_checkpoint_file(checkpoint)  # stat only: a FIFO or device is refused, not opened
         self.checkpoint, self.device, self.trusted = checkpoint, device, trust_checkpoint
         self.options = {
             "overlap": opt.check_overlap(overlap),
@@ -107,7 +110,7 @@ class Restorer:
         series_uid: str | None = None,
         nan_policy: str = "error",
         seg_checkpoint: PathLike | None = None,
-        reference: PathLike | None = None,
+        reference: PathLike | Volume | None = None,
         output: PathLike | None = None,
         output_name: str | None = None,
         formats: Sequence[str] = ("nifti",),
@@ -118,7 +121,8 @@ class Restorer:
         """Restore one volume (a path or a :class:`Volume`); with ``output`` (a folder or a
         volume file name), also write it and its JSON report, checked before any model work.
 
-        ``seg_checkpoint`` + ``reference`` (a label map of the input) also segment the input
+        ``seg_checkpoint`` + ``reference`` (a label map of the input: a path or a label
+        :class:`Volume`) also segment the input
         and the restored volume and report the Dice change (``details["downstream"]``);
         ``on_warning`` is called with each warning about the input as soon as it is read.
         """
@@ -141,7 +145,9 @@ class Restorer:
             from medseg.inference.checkpoints import check_checkpoint_file
 
             check_checkpoint_file(seg_checkpoint)
-            labels = load_volume(reference, role="label")
+            labels = reference
+            if not isinstance(reference, Volume):
+                labels = load_volume(reference, role="label")
         self.load()
         if isinstance(image, Volume):
             volume = image

@@ -223,6 +223,8 @@ class Segmenter:
                 prompt = self._check_prompt(items, volume, slices)
                 axis = prompt.axis
             plan(volume)
+            if mode == "support":
+                self._backend.check()
             self._backend.load()
             if mode == "prompted":
                 labels = self._prompted.run(volume, prompt, window=window, label=label,

@@ -111,17 +111,20 @@ def run(args: argparse.Namespace) -> int:
     folder = restore_paths(out, "x")[0].parent
     plan_outputs(folder, names, overwrite=args.overwrite, protect=inputs)
     protect = check_batch_outputs(inputs, lambda name: list(restore_paths(out, name)))
-    if args.seg_checkpoint is not None:
+    reference = None
+    if args.seg_checkpoint is not None:  # both checked before the restoration model loads
         from medseg.inference.checkpoints import check_checkpoint_file
+        from medseg.io import load_volume
 
         check_checkpoint_file(args.seg_checkpoint)
+        reference = load_volume(args.reference, role="label")
     restorer.load()
 
     def one(path: Path, name: str) -> None:
         result = restorer.restore(
             path,
             seg_checkpoint=args.seg_checkpoint,
-            reference=args.reference,
+            reference=reference,
             output=out,
             output_name=name,
             overwrite=args.overwrite,
