@@ -106,7 +106,10 @@ def test_one_segmenter_loads_the_weights_once_for_many_volumes(tmp_path, monkeyp
         ({"window": (40, 0)}, "window"),
         ({"slices": (5, 2)}, "slices"),
         ({"slice_shift": 100}, "slice"),
-        ({"formats": ["dicom-seg"]}, "unknown output format 'dicom-seg'"),
+        ({"formats": ["dicom"]}, "unknown output format 'dicom'"),
+        # a SEG/RTSTRUCT references its source DICOM images: refused for a NIfTI input
+        ({"formats": ["nifti", "dicom-seg"]}, "--format dicom-seg references the source DICOM"),
+        ({"formats": "rtstruct"}, "this input is not a DICOM series"),
     ],
 )
 def test_bad_options_are_refused_before_the_model_loads(tmp_path, monkeypatch, keywords, message):

@@ -13,7 +13,7 @@ import functools
 import io
 import json
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +89,8 @@ def open_label_file(session: Session | None, path: str | None) -> str:
     session.checkpoint()
     session.labels = labels.array.astype(np.uint16)
     session.base_labels = session.labels.copy()
-    session.names = {**opening.label_names_near(path), **session.names}
+    carried = labels.meta.get("label_names", {})  # SEG, .seg.nrrd, NIfTI label table
+    session.names = {**opening.label_names_near(path), **session.names, **carried}
     session.base_names = dict(session.names)
     session.objects, session.active = {}, None
     return f"labels {Path(path).name}: {len(np.unique(session.labels)) - 1} label(s)"
@@ -329,12 +330,19 @@ def restore(session: Session | None, hub: ModelHub, name: str) -> str:
 
 # export -----------------------------------------------------------------------------------------
 @user_errors
-def export(session: Session | None, out_root: str) -> list[str]:
-    """Write the label map (NIfTI on the image grid), statistics (CSV, JSON) and the restored
-    image when there is one (NIfTI on its own grid); return the paths."""
+def export(
+    session: Session | None, out_root: str, formats: str | Sequence[str] = "nifti"
+) -> list[str]:
+    """Write the label map in each of ``formats`` (:mod:`medseg.api.exports`: NIfTI on the
+    image grid, DICOM SEG / RTSTRUCT against a DICOM image, 3D Slicer ``.seg.nrrd``),
+    statistics (CSV, JSON) and the restored image when there is one (NIfTI on its own grid);
+    return the paths."""
+    from medseg.api import exports
     from medseg.api.outputs import write_outputs
 
     session = require(session)
+    formats = exports.parse_formats(formats)
+    exports.check_sources(formats, session.image)
     folder = Path(tempfile.mkdtemp(prefix="export-", dir=out_root))
     session.own_dirs.append(str(folder))
     dtype = np.uint8 if int(session.labels.max()) <= 255 else np.uint16
@@ -348,13 +356,25 @@ def export(session: Session | None, out_root: str) -> list[str]:
     for e in stats["labels"]:
         writer.writerow([e[c] for c in columns])
     label_path = folder / f"{session.name}_labels.nii.gz"
-    files: dict[Path, Volume | bytes] = {
-        label_path: session.image.with_array(session.labels.astype(dtype)),
-        folder / f"{session.name}_stats.csv": table.getvalue().encode("utf-8"),
-        folder / f"{session.name}_stats.json": json.dumps(stats, indent=2).encode("utf-8"),
-    }
+    labels = session.image.with_array(session.labels.astype(dtype))
+    infos = exports.labels_of(labels, session.names)
+    files: dict[Path, Volume | bytes] = {}
+    for fmt in formats:
+        path = (
+            label_path if fmt == "nifti" else folder / exports.format_files(session.name, [fmt])[0]
+        )
+        files[path] = exports.encode(
+            fmt, labels, session.image, infos, model="viewer", automatic=False
+        )
+    files.update(
+        {
+            folder / f"{session.name}_stats.csv": table.getvalue().encode("utf-8"),
+            folder / f"{session.name}_stats.json": json.dumps(stats, indent=2).encode("utf-8"),
+        }
+    )
     if session.restored is not None:
         files[folder / f"{session.name}_restored.nii.gz"] = session.restored
     source = session.image.meta.get("path")
-    paths = write_outputs(files, protect=[source] if source else (), labels=[label_path])
+    nifti = [label_path] if "nifti" in formats else []
+    paths = write_outputs(files, protect=[source] if source else (), labels=nifti)
     return [str(p) for p in paths]

@@ -86,7 +86,9 @@ def load_within_budget(path: str | os.PathLike[str], **kwargs) -> Volume:
 
 def open_labels(path: str | os.PathLike[str], image: Volume) -> Volume:
     """Read a label map and check that it lies on ``image``'s grid (``grid_mismatch`` if not;
-    a header with another shape is refused before the file is decompressed)."""
+    a header with another shape is refused before the file is decompressed). A DICOM SEG file
+    or a 3D Slicer ``.seg.nrrd`` is put on ``image``'s grid (they may cover only part of it);
+    the names they carry are in ``meta["label_names"]``."""
 
     def same_shape(header: VolumeHeader) -> None:
         if header.shape != image.spatial_shape:
@@ -97,7 +99,7 @@ def open_labels(path: str | os.PathLike[str], image: Volume) -> Volume:
                 path=header.path,
             )
 
-    labels = load_volume(path, role="label", on_header=same_shape)
+    labels = load_volume(path, role="label", on_header=same_shape, grid=image)
     check_same_grid(image, labels)
     return labels
 

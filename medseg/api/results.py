@@ -16,15 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import InputError
 from medseg.io.volume import Volume
 
+from . import exports
+from .exports import FORMATS
 from .outputs import VOLUME_SUFFIXES, case_name, plan_outputs, write_outputs
 
 __all__ = ["FORMATS", "Restoration", "Segmentation"]
-
-#: output formats ``save`` writes (more to come: see the README's limits)
-FORMATS = ("nifti",)
 PathLike = str | os.PathLike[str]
 
 
@@ -74,9 +72,10 @@ class Segmentation:
         """Volume in mL per label present."""
         return {e["label"]: e["volume_ml"] for e in self.statistics["labels"]}
 
-    def file_names(self, name: str | None = None) -> list[str]:
+    def file_names(self, name: str | None = None, formats: Sequence[str] = ("nifti",)) -> list[str]:
         """The files :meth:`save` writes, for output stem ``name`` (default: the input's)."""
-        return segmentation_files(name or default_stem(self.source), self.probabilities is not None)
+        stem = name or default_stem(self.source)
+        return segmentation_files(stem, self.probabilities is not None, formats)
 
     def report(self, segmentation_file: str | None = None) -> dict[str, Any]:
         """The statistics JSON (``<name>_stats.json``) as a dict."""
@@ -108,29 +107,39 @@ class Segmentation:
         overwrite: bool = False,
         protect: Iterable[PathLike] = (),
     ) -> list[Path]:
-        """Write ``<name>_seg.nii.gz``, ``<name>_stats.json``, ``<name>_preview.png`` (and
+        """Write the segmentation in each of ``formats`` (:mod:`medseg.api.exports`: default
+        ``<name>_seg.nii.gz``), ``<name>_stats.json``, ``<name>_preview.png`` (and
         ``<name>_probabilities.nii.gz``) into ``folder``, all-or-nothing; return the paths.
 
         Existing files are replaced only with ``overwrite``; the input and every path in
-        ``protect`` never are (``InputError``). ``formats``: see :data:`FORMATS`.
+        ``protect`` never are (``InputError``). ``formats``: see :data:`FORMATS`; the DICOM ones
+        need an input read from a DICOM series (``needs_dicom_source``).
         """
         from medseg.viz.preview import render_preview
 
-        check_formats(formats)
+        formats = check_formats(formats)
+        exports.check_sources(formats, self.image)
         protect = [*([self.source] if self.source else []), *protect]
-        paths = plan_outputs(folder, self.file_names(name), overwrite=overwrite, protect=protect)
+        names = self.file_names(name, formats)
+        paths = plan_outputs(folder, names, overwrite=overwrite, protect=protect)
+        n = len(formats)
         report = self.report(paths[0].name)
+        report["files"] = dict(zip(formats, names, strict=False))
         png = render_preview(
             self.image.array, self.image.affine, self.labels.array, self.axis, window=self.window
         )
+        infos = exports.labels_of(self.labels, self.label_names)
         files: dict[Path, Volume | bytes] = {
-            paths[0]: self.labels,
-            paths[1]: (json.dumps(report, indent=2) + "\n").encode("utf-8"),
-            paths[2]: png,
-        }
+            path: exports.encode(fmt, self.labels, self.image, infos, model=self.model,
+                                 automatic=self.prompt is None)
+            for fmt, path in zip(formats, paths, strict=False)
+        }  # fmt: skip
+        files[paths[n]] = (json.dumps(report, indent=2) + "\n").encode("utf-8")
+        files[paths[n + 1]] = png
         if self.probabilities is not None:
-            files[paths[3]] = self.probabilities
-        self.paths = write_outputs(files, overwrite=overwrite, protect=protect, labels=[paths[0]])
+            files[paths[n + 2]] = self.probabilities
+        labels = [p for f, p in zip(formats, paths, strict=False) if f == "nifti"]
+        self.paths = write_outputs(files, overwrite=overwrite, protect=protect, labels=labels)
         return self.paths
 
 
@@ -187,8 +196,10 @@ class Restoration:
 
         ``output``: a folder, or a volume file name (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``,
         ``.mhd``) whose ``<stem>_restore.json`` goes next to it. Never over an input.
+        ``formats``: :data:`medseg.api.exports.IMAGE_FORMATS` only (a restored image is no
+        segmentation; the others are refused with ``bad_argument``).
         """
-        check_formats(formats)
+        check_formats(formats, exports.IMAGE_FORMATS)
         protect = [*([self.source] if self.source else []), *protect]
         image_path, report_path = self.output_paths(output, name)
         plan_outputs(
@@ -201,9 +212,12 @@ class Restoration:
         return self.paths
 
 
-def segmentation_files(stem: str, probabilities: bool = False) -> list[str]:
-    """File names of a saved :class:`Segmentation` with output stem ``stem``."""
-    files = [f"{stem}_seg.nii.gz", f"{stem}_stats.json", f"{stem}_preview.png"]
+def segmentation_files(
+    stem: str, probabilities: bool = False, formats: Sequence[str] = ("nifti",)
+) -> list[str]:
+    """File names of a saved :class:`Segmentation` with output stem ``stem``: one per format
+    (in ``formats`` order), then the statistics, the preview (and the probabilities)."""
+    files = [*exports.format_files(stem, formats), f"{stem}_stats.json", f"{stem}_preview.png"]
     return files + [f"{stem}_probabilities.nii.gz"] if probabilities else files
 
 
@@ -229,16 +243,8 @@ def volume_suffix(path: PathLike) -> str | None:
     return next((s for s in VOLUME_SUFFIXES if lower.endswith(s)), None)
 
 
-def check_formats(formats: str | Sequence[str]) -> list[str]:
+def check_formats(formats: str | Sequence[str], allowed: Sequence[str] = FORMATS) -> list[str]:
     """The formats as a list (``"nifti,x"`` or ``["nifti", "x"]``), refusing (``bad_argument``)
-    one medseg does not write."""
-    items = formats.split(",") if isinstance(formats, str) else list(formats)
-    items = [f.strip() for f in items if f.strip()]
-    unknown = [f for f in items if f not in FORMATS]
-    if unknown or not items:
-        raise InputError(
-            "bad_argument",
-            f"unknown output format {', '.join(map(repr, unknown)) or '(none)'}; "
-            f"supported: {', '.join(FORMATS)}",
-        )
-    return items
+    one medseg does not write, or one not in ``allowed``
+    (:func:`medseg.api.exports.parse_formats`)."""
+    return exports.parse_formats(formats, allowed)

@@ -80,8 +80,9 @@ def segmenter_options(args: argparse.Namespace) -> dict:
 def run_automatic(args: argparse.Namespace, segmenter) -> int:
     """Segment every input with ``segmenter`` (automatic mode); returns 0, or the first
     failure's exit code after listing the failed cases."""
+    from medseg.api.exports import check_sources
     from medseg.api.outputs import plan_outputs
-    from medseg.api.results import segmentation_files
+    from medseg.api.results import check_formats, segmentation_files
 
     from .batch import check_batch_outputs, list_inputs, note_ignored, run_cases
     from .report import print_summary, warning_printer
@@ -90,8 +91,12 @@ def run_automatic(args: argparse.Namespace, segmenter) -> int:
     inputs, ignored = list_inputs(Path(args.input))
     note_ignored(args.input, ignored)
     out = Path(args.output)
+    formats = check_formats(args.format)
+    for path in inputs:  # a DICOM format for a NIfTI input: refused before any model work
+        check_sources(formats, str(path))
     protect = check_batch_outputs(
-        inputs, lambda name: [out / f for f in segmentation_files(name, args.save_probabilities)]
+        inputs,
+        lambda name: [out / f for f in segmentation_files(name, args.save_probabilities, formats)],
     )
     plan_outputs(out, [], overwrite=args.overwrite)  # the folder is usable (nothing created)
     batch = inputs != [Path(args.input)]
@@ -106,6 +111,7 @@ def run_automatic(args: argparse.Namespace, segmenter) -> int:
             output=out,
             output_name=name,
             overwrite=args.overwrite,
+            formats=formats,
             protect=protect,
             on_warning=warning_printer(path),
             **read_options(args),

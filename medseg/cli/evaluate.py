@@ -1,19 +1,25 @@
 """``medseg evaluate PRED GT``: per-case, per-label Dice and HD95 (mm), optional ACDC indices.
 
 PRED and GT are two label files or two folders. **Pairing rule** (folders are searched
-recursively for ``.nii``, ``.nii.gz``, ``.nrrd``, ``.mha``, ``.mhd`` files; hidden files skipped):
+recursively for ``.nii``, ``.nii.gz``, ``.nrrd`` (3D Slicer ``.seg.nrrd`` included), ``.mha``,
+``.mhd`` and DICOM SEG ``.dcm`` files; hidden files skipped):
 
 - a prediction is every ``X_seg.<ext>`` file (what ``medseg segment`` writes); in a folder with
   no ``*_seg`` file, every volume file. Its case name is ``X``;
 - a ground truth is every ``X_gt.<ext>`` file (ACDC); in a folder with no ``*_gt`` file, every
   volume file (``X.<ext>``, MSD ``labelsTr``). Its case name is ``X``;
+- a case with several files (``X_seg.nii.gz`` beside ``X_seg.dcm`` and ``X_seg.seg.nrrd``, as
+  ``medseg segment --format`` writes them) is scored once, from the first of NIfTI, NRRD/MHA,
+  ``.seg.nrrd``, DICOM SEG;
 - cases pair by name. Ground truths without a prediction are counted and a few named in one
   ``note:`` line (``no prediction for N case(s): ...``) and not scored; predictions without a
   ground truth likewise. The run exits 0 when every prediction with a ground truth was scored;
   no pair at all is an error (exit 2). Two files are paired as given.
 
 Every file is read with ``load_volume(role="label")``; a prediction must lie on its ground
-truth's grid (else exit 2 naming the file). Metric conventions (empty labels, HD95 in mm) are in
+truth's grid (else exit 2 naming the file). A DICOM SEG or ``.seg.nrrd`` (which may hold only
+the slices or box their segments cover) is read onto the other file's grid. Metric conventions
+(empty labels, HD95 in mm) are in
 :mod:`medseg.inference.evaluation`. ``-o metrics.csv`` writes one row per case and label
 (label names from the ``X_stats.json`` files next to the predictions, or RV/MYO/LV with
 ``--acdc``). ``--acdc`` adds per-patient clinical indices (``<stem>_acdc.csv``) from the ED/ES
@@ -70,11 +76,19 @@ def run(args: argparse.Namespace) -> int:
     pairs, failures = pair_cases(Path(args.pred), Path(args.gt))
     rows: list[dict[str, Any]] = []
     volumes: dict[str, dict[str, Any]] = {}  # label maps kept for --acdc only
+    file_names: dict[int, str] = {}  # label names the files carry (SEG, .seg.nrrd, NIfTI table)
     for case, (pred_path, gt_path) in sorted(pairs.items()):
         try:
-            gt = load_volume(gt_path, role="label")
-            pred = load_volume(pred_path, role="label")
+            if _partial_grid(gt_path) and not _partial_grid(pred_path):
+                pred = load_volume(pred_path, role="label")
+                gt = load_volume(gt_path, role="label", grid=pred)
+            else:
+                gt = load_volume(gt_path, role="label")
+                pred = load_volume(pred_path, role="label", grid=gt)
             check_same_grid(gt, pred, what="prediction")
+            for name_source in (pred, gt):
+                for value, name in name_source.meta.get("label_names", {}).items():
+                    file_names.setdefault(int(value), name)
         except MedsegError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures.append((case, exc))
@@ -88,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             volumes[case]["path"] = gt_path
     rows = _fill_absent_labels(rows)
     known = ACDC_LABELS if args.acdc else _names_from_stats([p for p, _ in pairs.values()])
+    known = {**file_names, **known}
     names = label_names(known, sorted({r["label"] for r in rows}))
     for r in rows:
         r["name"] = names[r["label"]]
@@ -186,13 +201,15 @@ def _index(folder: Path, tag: str) -> dict[str, Path]:
         for f in folder.rglob("*")
         if f.is_file()
         and not any(part.startswith(".") for part in f.relative_to(folder).parts)
-        and extension_kind(f)[1] is not None
+        and (extension_kind(f)[1] is not None or f.name.lower().endswith(".dcm"))
     )
     tagged = [f for f in files if _stem(f).endswith(tag)]
-    chosen = tagged or files
+    chosen = sorted(tagged or files, key=lambda f: (_format_rank(f), str(f)))
     out: dict[str, Path] = {}
     for f in chosen:
         case = _case(f, tag)
+        if case in out and _format_rank(out[case]) != _format_rank(f):
+            continue  # the same case in another format (segment --format): the first one wins
         if case in out:
             raise InputError(
                 "duplicate_case", f"two files for case {case}: {out[case]} and {f}", path=str(f)
@@ -204,7 +221,29 @@ def _index(folder: Path, tag: str) -> dict[str, Path]:
 def _stem(path: Path) -> str:
     from medseg.api.outputs import case_name
 
+    lower = path.name.lower()
+    for suffix in _SEGMENTATION_SUFFIXES:
+        if lower.endswith(suffix) and len(lower) > len(suffix):
+            return path.name[: -len(suffix)]
     return case_name(path)
+
+
+_SEGMENTATION_SUFFIXES = (".seg.nrrd", ".dcm")
+
+
+def _partial_grid(path: Path) -> bool:
+    """Whether the file may hold only part of its image grid (DICOM SEG, ``.seg.nrrd``)."""
+    return path.name.lower().endswith(_SEGMENTATION_SUFFIXES)
+
+
+def _format_rank(path: Path) -> int:
+    """Preference among files of one case: NIfTI, NRRD/MHA, ``.seg.nrrd``, DICOM SEG."""
+    lower = path.name.lower()
+    if lower.endswith(".dcm"):
+        return 3
+    if lower.endswith(".seg.nrrd"):
+        return 2
+    return 0 if ".nii" in lower else 1
 
 
 def _case(path: Path, tag: str) -> str:

@@ -67,6 +67,12 @@ def add_parser(sub, parents) -> None:
     add_automatic_arguments(p)
     add_sam_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--format",
+        default="nifti",
+        help="output formats, comma-separated: nifti (default), dicom-seg, dicom-seg-labelmap, "
+        "rtstruct (these three need a DICOM series input), seg-nrrd",
+    )
     p.set_defaults(run=run)
 
 
@@ -152,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
             axis=args.axis,
             output=args.output,
             overwrite=args.overwrite,
+            formats=args.format,
             on_warning=warning_printer(args.input),
             progress=progress,
             **read_options(args),

@@ -15,7 +15,10 @@ grid silently) and GDCM skips files it cannot parse. So before reading voxels th
    and slices shifted in-plane by more than that tolerance (gantry tilt);
 4. reads the voxels (rescale slope/intercept applied by ITK, so CT stays in HU).
 
-``meta`` gets ``series_uid``, ``modality`` (``0008|0060``), ``n_slices`` and ``slice_spacing_mm``.
+``meta`` gets ``series_uid``, ``modality`` (``0008|0060``), ``n_slices`` and ``slice_spacing_mm``,
+and what a DICOM SEG or RTSTRUCT needs to reference the series (:mod:`medseg.io.dicom_seg`):
+``study_uid``, ``frame_of_reference_uid``, ``sop_class_uid``, and per slice in Z order
+``sop_instance_uids`` and ``dicom_files`` (absolute paths).
 A series with one slice is accepted as a ``(X, Y, 1)`` volume. Multi-frame (enhanced) files are
 refused (``dicom_unsupported``); ``.zip`` archives are not read.
 """
@@ -99,6 +102,11 @@ def read_dicom_series(
         modality=infos[0]["modality"],
         n_slices=len(names),
         slice_spacing_mm=gap,
+        study_uid=infos[0]["study_uid"],
+        frame_of_reference_uid=infos[0]["frame_of_reference_uid"],
+        sop_class_uid=infos[0]["sop_class_uid"],
+        sop_instance_uids=[info["sop_uid"] for info in ordered],
+        dicom_files=[os.path.abspath(info["file"]) for info in ordered],
     )
     return vol
 
@@ -210,14 +218,21 @@ def _slice_info(sitk, name: str, where: str) -> dict:
         raise InputError(
             "unsupported_dtype", "unsupported voxel type: colour (RGB) DICOM", path=where
         )
-    modality = reader.GetMetaData("0008|0060").strip() if reader.HasMetaDataKey("0008|0060") else ""
+
+    def tag(key: str) -> str:
+        return reader.GetMetaData(key).strip(" \0") if reader.HasMetaDataKey(key) else ""
+
     itemsize = int(np.dtype(_numpy_type(sitk, reader.GetPixelID())).itemsize)
     return {
         "file": name,
         "size": size,
         "position": floats("0020|0032", 3),
         "orientation": floats("0020|0037", 6),
-        "modality": modality,
+        "modality": tag("0008|0060"),
+        "study_uid": tag("0020|000d"),
+        "frame_of_reference_uid": tag("0020|0052"),
+        "sop_class_uid": tag("0008|0016"),
+        "sop_uid": tag("0008|0018"),
         "itemsize": itemsize,
         "pixel_spacing": [float(v) for v in reader.GetSpacing()[:2]],
     }

@@ -74,6 +74,7 @@ def load_volume(
     series_uid: str | None = None,
     classes: Iterable[int] | None = None,
     on_header: HeaderCheck | None = None,
+    grid: Volume | None = None,
 ) -> Volume:
     """Read a volume file or a DICOM series folder, or raise InputError (see the module table).
 
@@ -93,6 +94,14 @@ def load_volume(
         on_header: called with the :class:`~medseg.io.volume.VolumeHeader` after every header
             check and before any voxel is read or decompressed; raise (an ``InputError``, e.g.
             :func:`medseg.inference.memory.check_memory`'s ``not_enough_memory``) to refuse.
+        grid: ``role="label"`` only: the image grid a DICOM SEG file or a ``.seg.nrrd`` is put
+            on (they may hold only the slices or the box their segments cover;
+            :func:`medseg.io.placement.place_on_grid`, never resampled). Without it they come
+            on their own grid.
+
+    A DICOM SEG file (``role="label"``, :mod:`medseg.io.dicom_seg`) and a 3D Slicer
+    ``.seg.nrrd`` (:mod:`medseg.io.seg_nrrd`) are label maps; ``meta`` then also has
+    ``label_names`` and ``label_colors`` (as has a NIfTI with a label table).
 
     Returns:
         Volume with ``array`` (X, Y, Z), ``affine`` voxel -> RAS+ mm, the NIfTI forms when the
@@ -134,9 +143,17 @@ def load_volume(
         if st.st_size == 0:
             raise InputError("empty_file", "empty file (0 bytes)", path=where)
         sniffed = _sniff(p)
-        fmt = _resolve_format(p, sniffed)
+        if sniffed.kind == "dicom" and role == "label":
+            fmt = "dicom-seg"
+        elif role == "label" and where.lower().endswith(".seg.nrrd") and sniffed.kind == "nrrd":
+            fmt = "seg-nrrd"
+        else:
+            fmt = _resolve_format(p, sniffed)
         with _library_errors(where, "truncated"):
-            if fmt in ("nifti", "nifti-gz"):
+            if fmt in ("dicom-seg", "seg-nrrd"):
+                vol = _read_segmentation(p, fmt, grid, max_bytes, on_header, warnings)
+                reader = "pydicom" if fmt == "dicom-seg" else "slicerio"
+            elif fmt in ("nifti", "nifti-gz"):
                 from medseg.io.nifti import read_nifti
 
                 vol = read_nifti(
@@ -150,6 +167,13 @@ def load_volume(
                     on_header=on_header,
                 )
                 reader = "nibabel"
+                if role == "label":
+                    from medseg.io.label_names import nifti_label_table
+
+                    table = nifti_label_table(p)
+                    if table:
+                        vol.meta["label_names"] = {i.value: i.name for i in table}
+                        vol.meta["label_colors"] = {i.value: i.color for i in table}
             else:
                 from medseg.io.itk import read_itk
 
@@ -172,6 +196,22 @@ def load_volume(
             warnings.append("label is empty (every voxel is 0)")
     vol.meta.update(path=where, format=fmt, reader=reader, role=role)
     vol.meta["warnings"] = warnings
+    return vol
+
+
+def _read_segmentation(p: Path, fmt: str, grid, max_bytes, on_header, warnings) -> Volume:
+    """A DICOM SEG or a ``.seg.nrrd`` as a label Volume (optionally on ``grid``)."""
+    from medseg.io.checks import check_size
+
+    if fmt == "dicom-seg":
+        from medseg.io.dicom_seg import read_seg as read
+    else:
+        from medseg.io.seg_nrrd import read_seg_nrrd as read
+    vol = read(p, grid=grid, warnings=warnings)
+    check_size(vol.spatial_shape, vol.array.itemsize, max_bytes, str(p))
+    if on_header is not None:
+        spacing = tuple(float(v) for v in vol.spacing)
+        on_header(VolumeHeader(str(p), vol.spatial_shape, 1, spacing, vol.array.itemsize))
     return vol
 
 

@@ -18,6 +18,8 @@ all-or-nothing.
 - ``.mhd`` writes two files (header + ``.zraw``) into a temp sub-folder of the target folder, then
   moves the data file and then the header into place: between those two renames a reader could
   see the new data file beside the old header (a window of one rename).
+- A Volume whose ``meta["label_table"]`` lists :class:`~medseg.io.label_names.LabelInfo` s gets
+  the label names and colours in a NIfTI header extension (:mod:`medseg.io.label_names`).
 - ``role="label"``: stored as uint8, or uint16 when the maximum exceeds 255; negative, fractional,
   non-finite or > 65535 values are refused (InputError ``bad_labels``). int64 arrays are fine.
 """
@@ -208,6 +210,11 @@ def _nifti_image(vol: Volume, array: np.ndarray):
     hdr.set_qform(qform, code=qcode)
     hdr.set_sform(sform, code=scode)
     hdr.set_xyzt_units("mm", "sec")
+    table = vol.meta.get("label_table")
+    if table:  # label names/colours (medseg.io.label_names): TotalSegmentator's extension
+        from medseg.io.label_names import NIFTI_LABEL_ECODE, label_table_xml
+
+        hdr.extensions.append(nib.nifti1.Nifti1Extension(NIFTI_LABEL_ECODE, label_table_xml(table)))
     return klass(data, None, header=hdr)
 
 
