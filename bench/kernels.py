@@ -105,8 +105,9 @@ def power_diagram(side: int, seeds: int, *, seed: int = 0) -> torch.Tensor:
 def _bench_op(op: str, n: int, args: argparse.Namespace) -> list[dict]:
     dev, side = torch.device(args.device), math.isqrt(n)
     gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, n, HEADS, DIM, generator=gen).to(dev) for _ in range(3))
-    grad = torch.randn(1, n, HEADS, DIM, generator=gen).to(dev)
+    dtype = getattr(torch, getattr(args, "dtype", "float32"))
+    q, k, v = (torch.randn(1, n, HEADS, DIM, generator=gen).to(dev, dtype) for _ in range(3))
+    grad = torch.randn(1, n, HEADS, DIM, generator=gen).to(dev, dtype)
     paths: dict[str, Callable] = {}
     if op == "region":
         regions = power_diagram(side, SEEDS).to(dev)
@@ -127,7 +128,7 @@ def _bench_op(op: str, n: int, args: argparse.Namespace) -> list[dict]:
 
             paths["dense masked SDPA"] = dense
         paths["torch"] = lambda q, k, v: kernels.region_attention(q, k, v, regions, impl="torch")
-        if dev.type == "cuda":
+        if _triton_runs(dev):
             paths["triton"] = lambda q, k, v: kernels.region_attention(
                 q, k, v, regions, impl="triton"
             )  # noqa: E501
@@ -145,7 +146,7 @@ def _bench_op(op: str, n: int, args: argparse.Namespace) -> list[dict]:
             paths["dense masked SDPA"] = dense
         print(f"\nwindow N={n}: {(side // WINDOW) ** 2} windows of {WINDOW}x{WINDOW}")
         paths["torch"] = lambda q, k, v: kernels.window_attention(q, k, v, **win, impl="torch")
-        if dev.type == "cuda":
+        if _triton_runs(dev):
             paths["triton"] = lambda q, k, v: kernels.window_attention(
                 q, k, v, **win, impl="triton"
             )  # noqa: E501
@@ -250,6 +251,11 @@ def _wait_for_quiet(limit: float) -> float:
     while busy >= 0.1 and time.monotonic() < deadline:
         busy = _busy_share()
     return busy
+
+
+def _triton_runs(dev: torch.device) -> bool:
+    """Triton rows: on CUDA, and on CPU in Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    return dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _sync(x: torch.Tensor) -> None:

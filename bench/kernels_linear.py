@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import os
 import platform
 import statistics
 import sys
@@ -83,7 +84,7 @@ def _compare(shape, n, heads, dim, device, repeats, quick) -> list[dict]:
     grad = torch.randn_like(v)
     ref = linear_attention_reference(q, k, v)
     paths: dict[str, Callable] = {"torch": lambda *x: linear_attention(*x, impl="torch")}
-    if device.type == "cuda":
+    if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
         paths["triton"] = lambda *x: linear_attention(*x, impl="triton")
     paths["reference"] = linear_attention_reference
     inputs = {name: (q, k, v) for name in paths}
