@@ -209,3 +209,32 @@ def test_sam_grid_separates_two_discs_with_real_weights():
     id2 = np.bincount(ids[inner2]).argmax()
     assert (ids[inner1] == id1).mean() > 0.9 and (ids[inner2] == id2).mean() > 0.9
     assert len({id1, id2, ids[2, 2]}) == 3
+
+
+@pytest.mark.slow
+def test_batched_box_decoding_gives_the_one_box_masks():
+    """All boxes of a slice in a few decoder calls (``medseg.inference.sam_boxes``): the same
+    refined masks, scores and region map as one decoder call per box (shipped weights; 36
+    box decodes, 10-80 s on 2 busy CPU cores)."""
+    from medseg.inference.sam_boxes import refined_box_masks
+
+    one = SamGridPartitioner(points_per_side=2, box_scales=(0.3, 0.6), prompts_per_call=1)
+    ids_one = one(_two_discs())
+    predictor = one._predictor
+    calls = []
+    decoder = predictor.net.mask_decoder
+    hook = decoder.register_forward_hook(lambda m, args, out: calls.append(len(out[0])))
+    try:
+        batched = SamGridPartitioner(points_per_side=2, box_scales=(0.3, 0.6), prompts_per_call=3)
+        batched._predictor = predictor
+        ids_batched = batched(_two_discs())
+    finally:
+        hook.remove()
+    np.testing.assert_array_equal(ids_batched, ids_one)
+    assert len(calls) <= 3 * 3 and max(calls) > 1  # 8 boxes x 3 rounds in chunks of 3
+    boxes = [[10, 10, 70, 70], [30, 40, 50, 60]]
+    masks, ious = refined_box_masks(predictor, boxes, refine_steps=2, chunk=3)
+    for box, mask, iou in zip(boxes, masks, ious, strict=True):
+        expected, score = one._one_by_one(predictor, box)
+        np.testing.assert_array_equal(mask, expected)
+        assert iou == pytest.approx(score, abs=1e-5)
