@@ -36,11 +36,13 @@ def write_ct_series(
     patient_name: str = "Doe^Jane",
     tilt_mm: float = 0.0,
     series_uid: str = SERIES_UID,
+    omit: tuple[str, ...] = (),
 ) -> Path:
     """Write ``array`` (X, Y, Z) HU on the RAS ``affine`` as one CT file per slice.
 
     ``tilt_mm``: each slice shifted that far along the column direction per slice (gantry
-    tilt). Non-ASCII patient names are written as UTF-8 (ISO_IR 192).
+    tilt). Non-ASCII patient names are written as UTF-8 (ISO_IR 192). ``omit``: attributes
+    left out (as anonymisers drop them).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -90,6 +92,8 @@ def write_ct_series(
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
         ds.KVP = "120"
         ds.PixelData = np.ascontiguousarray(array[:, :, k].T.astype("<i2")).tobytes()
+        for key in omit:
+            delattr(ds, key)
         ds.save_as(folder / f"ct{k:04d}.dcm", enforce_file_format=True)
     return folder
 

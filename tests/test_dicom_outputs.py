@@ -152,6 +152,22 @@ def test_one_slice_series(tmp_path):
     assert dice(masks["liver"], labels == 1) >= 0.98
 
 
+def test_anonymised_series_without_type2_attributes(tmp_path):
+    """Anonymisers drop Type 2 attributes that highdicom/rt-utils copy: written as empty."""
+    import highdicom as hd
+
+    gone = ("PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyDate",
+            "StudyTime", "ReferringPhysicianName")  # fmt: skip
+    image = series(tmp_path, omit=gone)
+    labels = dk.blobs(image.spatial_shape, 2)
+    files = saved(tmp_path, image, labels, formats=["dicom-seg", "rtstruct"])
+    seg = hd.seg.segread(files["seg.dcm"])
+    assert seg.PatientBirthDate == "" and seg.StudyID == ""
+    np.testing.assert_array_equal(load_volume(files["seg.dcm"], role="label", grid=image).array,
+                                  labels)  # fmt: skip
+    assert pydicom.dcmread(files["rtstruct.dcm"]).StudyInstanceUID == dk.STUDY_UID
+
+
 def test_gantry_tilt_is_refused_when_read(tmp_path):
     """A tilted series never reaches a SEG: the reader refuses it (no sheared label grid)."""
     hu = np.zeros((20, 16, 4), dtype=np.int16)

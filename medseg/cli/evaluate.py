@@ -67,7 +67,7 @@ def add_parser(sub, parents) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from medseg.inference.evaluation import ACDC_LABELS, label_metrics, label_names
-    from medseg.io import check_same_grid, load_volume
+    from medseg.io import check_same_grid
 
     wanted = _parse_labels(args.labels) if args.labels else None
     if args.acdc and wanted is None:
@@ -79,12 +79,7 @@ def run(args: argparse.Namespace) -> int:
     file_names: dict[int, str] = {}  # label names the files carry (SEG, .seg.nrrd, NIfTI table)
     for case, (pred_path, gt_path) in sorted(pairs.items()):
         try:
-            if _partial_grid(gt_path) and not _partial_grid(pred_path):
-                pred = load_volume(pred_path, role="label")
-                gt = load_volume(gt_path, role="label", grid=pred)
-            else:
-                gt = load_volume(gt_path, role="label")
-                pred = load_volume(pred_path, role="label", grid=gt)
+            gt, pred = _read_pair(gt_path, pred_path)
             check_same_grid(gt, pred, what="prediction")
             for name_source in (pred, gt):
                 for value, name in name_source.meta.get("label_names", {}).items():
@@ -229,6 +224,25 @@ def _stem(path: Path) -> str:
 
 
 _SEGMENTATION_SUFFIXES = (".seg.nrrd", ".dcm")
+
+
+def _read_pair(gt_path: Path, pred_path: Path):
+    """``(gt, pred)`` label Volumes; a DICOM SEG / ``.seg.nrrd`` (which may cover only part of
+    its grid) is put on the other file's grid, trying the other way round if that fails."""
+    from medseg.io import load_volume
+
+    first, second = (gt_path, pred_path)
+    if _partial_grid(gt_path) and not _partial_grid(pred_path):
+        first, second = second, first
+    a = load_volume(first, role="label")
+    try:
+        b = load_volume(second, role="label", grid=a)
+    except InputError as exc:
+        if exc.code != "grid_mismatch" or not _partial_grid(first):
+            raise
+        b = load_volume(second, role="label")
+        a = load_volume(first, role="label", grid=b)
+    return (a, b) if first == gt_path else (b, a)
 
 
 def _partial_grid(path: Path) -> bool:

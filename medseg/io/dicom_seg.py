@@ -4,7 +4,8 @@ Writing (:func:`build_seg`, highdicom): the label map must lie on the grid of th
 was made from, as :func:`medseg.io.load_volume` read it (``Volume.meta`` keeps the series' study,
 series, frame-of-reference and per-slice SOP instance UIDs and file paths, in Z order). The slice
 headers are read again (no pixel data) and must still be the ones read then (same SOP instance
-UIDs, same positions): a SEG references its source images one frame each, so it is never built
+UIDs, same positions; missing Type 2 patient/study attributes, which anonymisers drop, are
+copied as empty values): a SEG references its source images one frame each, so it is never built
 against anything else. One segment per label (:func:`medseg.io.label_names.describe_labels`):
 name, colour (CIELab from the RGB), SNOMED category/type
 (:func:`~medseg.io.label_names.anatomy_code`), the algorithm (name, version, family "Artificial
@@ -40,6 +41,9 @@ SEG_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _POSITION_TOL_MM = 1e-2
 _VALUE_TAG = re.compile(r"^label value (\d+)$")
+# Type 2 patient/study attributes the derived objects copy (present, possibly empty)
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber",
+          "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName")  # fmt: skip
 _SOURCE_KEYS = ("study_uid", "series_uid", "frame_of_reference_uid", "sop_instance_uids")
 
 
@@ -93,6 +97,9 @@ def source_headers(labels: Volume, meta: dict) -> list:
                 "the label map is not on the source series' grid",
                 path=name,
             )
+        for key in _TYPE2:  # anonymisers drop them; the SEG/RTSTRUCT must carry them (empty)
+            if key not in ds:
+                setattr(ds, key, "")
         headers.append(ds)
     return headers
 

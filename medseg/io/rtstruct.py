@@ -34,9 +34,6 @@ from medseg.io.volume import Volume
 
 __all__ = ["build_rtstruct"]
 
-# attributes rt-utils copies from the first slice without a default
-_REQUIRED = {"StudyDate": "", "StudyTime": "", "StudyID": "", "SOPClassUID": ""}
-
 
 def build_rtstruct(
     labels: Volume,
@@ -71,10 +68,6 @@ def build_rtstruct(
             "places contours wrongly on such images; write dicom-seg instead",
             path=meta.get("path"),
         )
-    for ds in headers:
-        for key, default in _REQUIRED.items():
-            if key not in ds:
-                setattr(ds, key, default)
     with _quiet_pydicom():  # rt-utils sets the transfer syntax the way pydicom 3 deprecates
         ds = ds_helper.create_rtstruct_dataset(headers)
     structure = RTStruct(headers, ds)
