@@ -6,7 +6,7 @@ written ``--repeats`` times, each time in a fresh process (so peak memory is tha
 alone), through the same path ``Segmentation.save`` uses (:func:`medseg.api.exports.encode`,
 then the bytes or the NIfTI to disk). The child holds only the label map and the series'
 meta (the image voxels are no part of a write) and imports the libraries before the clock
-starts. Reported: median seconds, the child's peak RSS (``resource``: interpreter, libraries,
+starts. Reported: median seconds, the child's peak RSS (``VmHWM``: interpreter, libraries,
 label map and the write) and that peak above its RSS just before the write. The issue's
 target: a 10-label SEG in <= 10 s and <= 2 GB.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
+import os
 import statistics
 import sys
 import tempfile
@@ -109,7 +109,7 @@ def _write(fmt: str, affine: np.ndarray, meta: dict, out_dir: str, labels_n: int
     else:
         save_volume(content, target.with_suffix(".nii.gz"), role="label", overwrite=True)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     size = sum(f.stat().st_size for f in Path(out_dir).glob(f"{fmt}.*"))
     return {"seconds": seconds, "peak_rss_mb": peak, "above_start_mb": peak - before,
             "file_mb": size / 2**20}  # fmt: skip
@@ -127,8 +127,18 @@ def _warm_up() -> None:
 
 
 def _rss_mb() -> float:
-    with open("/proc/self/statm", encoding="ascii") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+    return _status_mb("VmRSS")
+
+
+def _status_mb(key: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak of this process image) in MiB, from /proc. Not
+    ``getrusage``: its ``ru_maxrss`` survives fork and exec, so a spawned child would report
+    its parent's peak (the parent reads the whole series once)."""
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    raise OSError(f"{key} not in /proc/self/status")
 
 
 def measure(fmt: str, source, out_dir: Path, labels: int) -> dict:
@@ -173,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
             rows[fmt] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             print(f"{fmt}: {rows[fmt]}", file=sys.stderr)
     base = rows.get(BASELINE, {}).get("seconds")
-    print(f"shape {shape}, {args.labels} labels, median of {args.repeats} fresh processes\n")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"shape {shape}, {args.labels} labels, median of {args.repeats} fresh processes; "
+          f"{os.cpu_count()} CPUs, load average at the end {load}\n")  # fmt: skip
     print(
         "| format | seconds | x NIfTI | process peak RSS (MB) | peak above start (MB) | file MB |"
     )

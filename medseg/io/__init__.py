@@ -11,7 +11,14 @@
 - :class:`StagedWrites` writes several files all-or-nothing (:func:`stage_volume` puts a volume
   into it, ``stage_bytes`` any other file).
 
-Importing this package is light: SimpleITK is imported only when a non-NIfTI file is touched.
+- Segmentation formats (issue 14), each library behind one module and imported only there:
+  :mod:`medseg.io.dicom_seg` (DICOM SEG, highdicom/pydicom), :mod:`medseg.io.rtstruct`
+  (RTSTRUCT, rt-utils), :mod:`medseg.io.seg_nrrd` (3D Slicer ``.seg.nrrd``, slicerio),
+  :mod:`medseg.io.label_names` (label names, colours, SNOMED codes, the NIfTI label table),
+  :mod:`medseg.io.placement` (a partial label block put on its image grid, never resampled).
+
+Importing this package is light: SimpleITK is imported only when a non-NIfTI file is touched,
+and the segmentation-format libraries only when such a file is written or read.
 """
 
 from medseg.errors import InputError, OutputError

@@ -130,7 +130,9 @@ def build_seg(
     ):
         raise ValueError("infos must describe every label value present")
     dtype = np.uint8 if len(infos) <= 255 else np.uint16
-    frames = segment_of.astype(dtype)[labels.array].transpose(2, 1, 0)  # (Z, rows, columns)
+    # (Z, rows, columns), contiguous: highdicom works plane by plane, and planes of a transposed
+    # view are strided (about 3x slower on a 512 x 512 x 300 map)
+    frames = np.ascontiguousarray(segment_of.astype(dtype)[labels.array].transpose(2, 1, 0))
     identification = hd.AlgorithmIdentificationSequence(
         name=_lo(algorithm), version=_lo(version), family=codes.cid7162.ArtificialIntelligence
     )

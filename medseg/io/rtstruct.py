@@ -10,8 +10,9 @@ dataset through the staged writer. rt-utils declares ``ISO_IR 100`` whatever the
 the dataset is written as UTF-8 (``ISO_IR 192``) so non-Latin patient and ROI names survive.
 
 One ROI per label *present* (name, colour, generation algorithm AUTOMATIC or SEMIAUTOMATIC);
-contours are the pixel outlines of each slice (OpenCV, no simplification), so the structure is
-polygonal: read back onto the grid its Dice with the label map is about 0.98-1.0. A label map
+contours are the pixel outlines of each slice (OpenCV; collinear points merged, which keeps the
+polygon), so the structure is polygonal: read back onto the grid its Dice with the label map is
+about 0.98-1.0. A label map
 with no label at all is refused (``empty_segmentation``): a structure set needs a contour.
 Images with non-square pixels are refused (``rtstruct_unsupported``): rt-utils 1.2.7 scales the
 contour points with the wrong pixel spacing then (and its reader swaps rows and columns on
@@ -77,7 +78,7 @@ def build_rtstruct(
             color=list(info.color),
             name=_name(info.name),
             description=f"label value {info.value}",
-            approximate_contours=False,
+            approximate_contours=True,  # straight runs merged: the same polygon
             roi_generation_algorithm="AUTOMATIC" if automatic else "SEMIAUTOMATIC",
         )
     out = structure.ds
