@@ -2,7 +2,8 @@
 
     bench/gpu_check.sh                    # on a CUDA machine: all sections, <= --budget seconds
     bench/gpu_check.sh --cpu-dry-run      # here: every section's code at tiny sizes on CPU
-    bench/gpu_check.sh --only fit,segment_restore   # a rerun of some sections
+    bench/gpu_check.sh --only fit,segment_restore   # a rerun of some sections (restore uses
+                                                    # the fit section's RAT checkpoint)
     bench/gpu_check.sh --prepare          # here: build .gpu_deps/ for the device machine
 
 Each section runs in its own child process (``python -m bench.gpu_check --child NAME``) with
