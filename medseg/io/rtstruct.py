@@ -82,6 +82,7 @@ def build_rtstruct(
             roi_generation_algorithm="AUTOMATIC" if automatic else "SEMIAUTOMATIC",
         )
     out = structure.ds
+    _conform(out, headers[0])
     out.SpecificCharacterSet = "ISO_IR 192"
     out.Manufacturer = out.InstitutionName = "medseg"
     out.ManufacturerModelName = _name(algorithm)
@@ -90,6 +91,24 @@ def build_rtstruct(
     out.SeriesDescription = _name(description)
     out.SeriesNumber = 901
     return out
+
+
+def _conform(ds, source) -> None:
+    """What rt-utils 1.2.7 leaves out of the standard (dciodvfy's findings): Contour Data as
+    float32 strings over the 16 characters a DS may hold (rounded to 0.1 um here), and the
+    Type 1/2 attributes of the General Study, RT Series and Frame of Reference modules."""
+    from pydicom.valuerep import format_number_as_ds
+
+    for roi in ds.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            points = [round(float(v), 4) for v in contour.ContourData]
+            contour.ContourData = [format_number_as_ds(v) for v in points]
+            contour.NumberOfContourPoints = len(points) // 3
+    for key in ("ReferringPhysicianName", "AccessionNumber"):
+        setattr(ds, key, source.get(key, ""))
+    ds.OperatorsName = ""
+    ds.FrameOfReferenceUID = source.FrameOfReferenceUID
+    ds.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "")
 
 
 @contextlib.contextmanager
