@@ -278,6 +278,21 @@ def test_seg_refuses_a_changed_source_series(tmp_path):
     assert err.value.code == "dicom_source_changed"
 
 
+@pytest.mark.parametrize(
+    ("name", "meaning"),
+    [("liver", "Liver"), ("Left Kidney", "Kidney"), ("T12 vertebra", "T12 vertebra"),
+     ("vertebrae_T12", "T12 vertebra"), ("pulmonary artery", "Pulmonary artery"),
+     ("Tumör", "Neoplasm"), ("RV", "Right ventricle"), ("object", "Tissue"), ("label 7", "Tissue")],
+)  # fmt: skip
+def test_anatomy_codes(name, meaning):
+    from medseg.io.label_names import anatomy_code
+
+    category, type_ = anatomy_code(name)
+    assert type_.meaning == meaning and type_.scheme_designator == "SCT"
+    assert category.meaning in ("Anatomical Structure", "Morphologically Abnormal Structure",
+                                "Tissue")  # fmt: skip
+
+
 def test_unknown_format_lists_the_supported_ones():
     from medseg.api.results import check_formats
 
