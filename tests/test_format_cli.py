@@ -173,3 +173,47 @@ def test_viewer_opens_a_seg_and_exports_every_format(tmp_path):
     with pytest.raises(gr.Error) as err:
         cb.export(plain, str(out), ["dicom-seg"])
     assert "not a DICOM series" in err.value.message and "\n" not in err.value.message
+
+
+def test_automatic_run_writes_an_automatic_seg_and_refuses_nifti_cases_first(
+    ct, tmp_path, monkeypatch, capsys
+):
+    """A ``medseg fit`` checkpoint (a threshold net behind a fake one) on a DICOM series: the
+    SEG says AUTOMATIC; a folder of NIfTI cases with ``--format dicom-seg`` is refused before
+    the model loads."""
+    import highdicom as hd
+    from testkit import load_test_module
+
+    from medseg.inference.automatic import AutomaticSegmenter
+
+    auto = load_test_module("test_inference_automatic")
+
+    def threshold(cls, path, *, trusted=False, **kwargs):
+        return cls(auto.ThresholdNet(), auto._pre(3), **kwargs)
+
+    monkeypatch.setattr(AutomaticSegmenter, "from_checkpoint", classmethod(threshold))
+    ckpt = auto._fake_lightning_ckpt(tmp_path / "run.ckpt")
+    folder, mask = ct
+    out = tmp_path / "out"
+    rc = main(["segment", str(folder), "-o", str(out), "-q", "--checkpoint", str(ckpt),
+               "--format", "dicom-seg,nifti"])  # fmt: skip
+    assert rc == 0
+    seg = hd.seg.segread(out / "ct_seg.dcm")
+    (segment,) = seg.SegmentSequence
+    assert segment.SegmentAlgorithmType == "AUTOMATIC" and segment.SegmentLabel == "object"
+    back = load_volume(out / "ct_seg.dcm", role="label", grid=load_volume(folder))
+    nifti = load_volume(out / "ct_seg.nii.gz", role="label")
+    assert nifti.array.any()
+    np.testing.assert_array_equal(back.array, nifti.array)
+
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    image, _ = ellipsoid_volume(SHAPE)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), cases / "a.nii.gz")
+    loads = []
+    monkeypatch.setattr(AutomaticSegmenter, "from_checkpoint", classmethod(
+        lambda cls, *a, **k: loads.append(1)))  # fmt: skip
+    rc = main(["segment", str(cases), "-o", str(tmp_path / "o2"), "--checkpoint", str(ckpt),
+               "--format", "dicom-seg"])  # fmt: skip
+    assert rc == 2 and not loads and not (tmp_path / "o2").exists()
+    assert "not a DICOM series" in one_error_line(capsys)
