@@ -368,18 +368,22 @@ def test_nifti_carries_names_and_colours_like_totalsegmentator(tmp_path):
 
 
 def test_300_labels(tmp_path):
-    """300 labels: uint16 everywhere; SEG with 300 segments, .seg.nrrd and NIfTI agree."""
+    """300 labels: uint16 everywhere; BINARY and LABELMAP SEG with 300 segments, .seg.nrrd and
+    NIfTI agree voxel for voxel; the RTSTRUCT has 300 named ROIs."""
     image = series(tmp_path, shape=(30, 30, 4))
     labels = np.zeros(image.spatial_shape, dtype=np.uint16)
     labels.reshape(-1)[: 300 * 3] = np.repeat(np.arange(1, 301, dtype=np.uint16), 3)
     names = {v: f"structure {v}" for v in range(1, 301)}
-    files = saved(tmp_path, image, labels, formats=["nifti", "dicom-seg", "seg-nrrd"], names=names)
-    for name in ("seg.nii.gz", "seg.dcm", "seg.seg.nrrd"):
+    formats = ["nifti", "dicom-seg", "dicom-seg-labelmap", "seg-nrrd", "rtstruct"]
+    files = saved(tmp_path, image, labels, formats=formats, names=names)
+    for name in ("seg.nii.gz", "seg.dcm", "seg_labelmap.dcm", "seg.seg.nrrd"):
         back = load_volume(files[name], role="label", grid=image)
         assert back.array.dtype == np.uint16
         np.testing.assert_array_equal(back.array, labels)
         assert back.meta["label_names"] == names
     assert len(pydicom.dcmread(files["seg.dcm"]).SegmentSequence) == 300
+    rois = pydicom.dcmread(files["rtstruct.dcm"]).StructureSetROISequence
+    assert [r.ROIName for r in rois] == list(names.values())
 
 
 def test_300_slice_series_round_trip(tmp_path):
