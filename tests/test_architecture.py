@@ -90,7 +90,7 @@ def test_import_edges(package):
 def test_import_medseg_is_light():
     code = (
         "import sys, medseg, medseg.io, medseg.viz, medseg.transforms.planes, medseg.errors;"
-        "heavy = {'torch', 'gradio', 'sam2', 'SimpleITK', 'triton', 'lightning', 'monai'};"
+        "heavy = {'torch', 'gradio', 'sam2', 'SimpleITK', 'triton', 'lightning', 'monai', 'dipy'};"
         "print(sorted(heavy & set(sys.modules)))"
     )
     out = subprocess.run(
@@ -108,7 +108,7 @@ def test_import_medseg_is_light():
 MODEL_RUNNERS = (
     "medseg.models", "medseg.engine", "medseg.inference.automatic",
     "medseg.inference.restoration", "medseg.inference.litemedsam",
-    "medseg.inference.sam_family", "medseg.inference.downstream",
+    "medseg.inference.sam_family", "medseg.inference.downstream", "medseg.inference.classical",
 )  # fmt: skip
 API_CALLERS = [
     *(f"medseg/cli/{n}.py" for n in ("segment", "autoseg", "samseg", "demo", "restore")),
@@ -134,10 +134,11 @@ def test_the_api_exports_what_it_documents():
 
 
 def test_import_medseg_api_is_light():
-    """``import medseg.api`` (the notebook entry point) loads no torch until a model is used."""
+    """``import medseg.api`` (the notebook entry point) loads no torch until a model is used;
+    the classical restorer (no checkpoint) loads neither torch nor DIPY until it restores."""
     code = (
-        "import sys, medseg, medseg.api; medseg.Segmenter;"
-        "print(sorted({'torch', 'lightning', 'monai', 'gradio'} & set(sys.modules)))"
+        "import sys, medseg, medseg.api; medseg.Segmenter; medseg.Restorer();"
+        "print(sorted({'torch', 'lightning', 'monai', 'gradio', 'dipy'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

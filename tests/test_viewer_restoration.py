@@ -19,7 +19,12 @@ from restoration_kit import TINY_RAT, make_restoration_prepared, restoration_con
 
 from apps.viewer import callbacks as cb
 from apps.viewer.grids import check_restored, nearest_index
-from apps.viewer.models import CheckpointRestorer, ModelHub, hub_from_checkpoints
+from apps.viewer.models import (
+    DEFAULT_RESTORER,
+    CheckpointRestorer,
+    ModelHub,
+    hub_from_checkpoints,
+)
 from apps.viewer.render import compare_pictures, render_plane
 from apps.viewer.state import new_session
 from medseg.cli.main import main
@@ -104,7 +109,8 @@ def shown_slice(session) -> int:
 
 # start-up -------------------------------------------------------------------------------------
 def test_restoration_checkpoints_become_restorers(hub):
-    assert set(hub.restorers) == {"rat_denoise", "disgan_x2"} and not hub.segmenters
+    assert list(hub.restorers) == ["rat_denoise", "disgan_x2", DEFAULT_RESTORER]
+    assert not hub.segmenters
     rat, disgan = hub.restorers["rat_denoise"], hub.restorers["disgan_x2"]
     assert isinstance(rat, CheckpointRestorer) and isinstance(disgan, CheckpointRestorer)
     model = rat.restorer.model  # the loaded medseg.inference.restoration.Restorer
@@ -128,7 +134,7 @@ def test_segmentation_checkpoint_stays_a_segmenter(tmp_path, rat_ckpt, monkeypat
     hub = hub_from_checkpoints([seg, again, seg2], device="cpu")
     assert list(hub.segmenters) == ["last", "last-2"]
     assert all(s.mode == "automatic" for s in hub.segmenters.values())
-    assert list(hub.restorers) == ["sub"] and len(loaded) == 2
+    assert list(hub.restorers) == ["sub", DEFAULT_RESTORER] and len(loaded) == 2
 
 
 @pytest.mark.parametrize("damage", ["truncated", "no_net"])
@@ -162,7 +168,7 @@ def test_pickled_objects_need_trust(tmp_path, rat_ckpt, capsys, monkeypatch):
     assert main(["view", "--checkpoint", str(odd), "--device", "cpu"]) == 4
     assert "--trust-checkpoint" in capsys.readouterr().err
     hub = hub_from_checkpoints([odd], device="cpu", trusted=True)
-    assert list(hub.restorers) == ["odd"] and hub.restorers["odd"].scale == 1
+    assert list(hub.restorers) == ["odd", DEFAULT_RESTORER] and hub.restorers["odd"].scale == 1
 
 
 # denoising: the image grid --------------------------------------------------------------------
@@ -262,7 +268,7 @@ def test_a_result_off_the_field_of_view_is_refused():
     def rotated(volume):
         return Volume(volume.array, np.diag([1.2, 0.9, 2.5, 1.0]))
 
-    hub = ModelHub(restorers={"shifted": shifted, "rotated": rotated})
+    hub = ModelHub(restorers={"shifted": shifted, "rotated": rotated}, classical=False)
     for name in hub.restorers:
         with pytest.raises(gr.Error, match="field of view"):
             cb.restore(session, hub, name)

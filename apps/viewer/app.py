@@ -50,7 +50,8 @@ def build_app(
     Args:
         path: image opened in every new session (read once here; an unreadable file raises
             ``InputError`` now, not per user).
-        hub: models (LiteMedSAM, segmenters, restorers); default the shipped LiteMedSAM only.
+        hub: models (LiteMedSAM, segmenters, restorers); default the shipped LiteMedSAM and
+            the classical denoiser (``apps.viewer.models.DEFAULT_RESTORER``, no checkpoint).
         root: folder whose files users may open by typing a server-side path (off if None).
         workdir: private folder for extracted zips and exports (default inside
             ``GRADIO_TEMP_DIR``, so exports are downloadable and cleaned by ``delete_cache``).

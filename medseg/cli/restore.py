@@ -1,5 +1,8 @@
-"""``medseg restore``: denoise, super-resolve or translate a volume with a restoration checkpoint.
+"""``medseg restore``: denoise a volume (no checkpoint needed), or denoise, super-resolve or
+translate it with a restoration checkpoint.
 
+    medseg restore scan.nii.gz -o out/                     # DIPY non-local means, input grid
+    medseg restore dwi.nii.gz -o out/ --method mppca       # MP-PCA across a 4-D series
     medseg restore scan.nii.gz -o out/ --checkpoint runs/rat_acdc/fold0/checkpoints/last.ckpt
     medseg restore t1.nii.gz -o t1_x2.nii.gz --checkpoint disgan.ckpt --scale 2
 
@@ -12,6 +15,13 @@ input grid exactly; super-resolution by ``s`` keeps the physical extent and the 
 ``s`` times the voxels (``1/s`` the spacing) along the upsampled axes (all three for a 3-D model
 such as DISGAN, the in-plane axes for a 2-D model such as RAT). ``--scale`` is a check: it must
 equal the checkpoint's factor.
+
+Without ``--checkpoint`` the volume is denoised on exactly its grid by a classical method
+(``--method``, default ``nlmeans``): DIPY's non-local means with its own noise estimate,
+Rician-aware for MR magnitude images (``--noise auto`` picks ``rician`` when no voxel is
+negative, ``gaussian`` otherwise, e.g. CT in HU; ``--sigma`` gives the noise level in the input's
+units), or ``mppca`` (Marchenko-Pastur PCA) across the volumes of a 4-D series (diffusion, fMRI).
+Every channel of a 4-D input is denoised. Sliding-window and region options need a checkpoint.
 
 RAT needs a region partition of every slice: ``--regions sam`` (the shipped LiteMedSAM prompted
 by a point grid: the faithful stand-in for SAM's automatic masks), ``kmeans`` (fast, not
@@ -39,7 +49,7 @@ def add_parser(sub, parents) -> None:
     p = sub.add_parser(
         "restore",
         parents=parents,
-        help="restore a volume (denoise / super-resolve) with a restoration checkpoint",
+        help="restore a volume: denoise (no checkpoint needed) or super-resolve (checkpoint)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -47,7 +57,22 @@ def add_parser(sub, parents) -> None:
         "input", help="NIfTI, NRRD, MHA/MHD file, a DICOM series folder or a folder of volumes"
     )
     p.add_argument("-o", "--output", required=True, help="output folder or volume file name")
-    p.add_argument("--checkpoint", required=True, help="restoration checkpoint from medseg fit")
+    p.add_argument(
+        "--checkpoint", default=None, help="restoration checkpoint from medseg fit (RAT, DISGAN)"
+    )
+    p.add_argument(
+        "--method",
+        choices=("nlmeans", "mppca"),
+        default=None,
+        help="classical denoising without a checkpoint (default nlmeans)",
+    )
+    p.add_argument(
+        "--noise",
+        choices=("auto", "rician", "gaussian"),
+        default="auto",
+        help="nlmeans noise model (auto: rician unless a voxel is negative)",
+    )
+    p.add_argument("--sigma", type=float, default=None, help="nlmeans noise std (input units)")
     p.add_argument("--scale", type=int, default=None, help="expected upsampling factor (check)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--overlap", type=float, default=0.5, help="window overlap in [0, 1) (0.5)")
@@ -84,6 +109,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("bad_argument", "--seg-checkpoint and --reference go together")
     restorer = Restorer(
         args.checkpoint,
+        method=args.method,
+        noise=args.noise,
+        sigma=args.sigma,
         device=args.device,
         trust_checkpoint=args.trust_checkpoint,
         overlap=args.overlap,
