@@ -243,3 +243,36 @@ def test_the_leaves_import_nothing_else_of_medseg():
     assert _medseg_imports(ROOT / "medseg" / "errors.py") == set()
     assert _medseg_imports(ROOT / "medseg" / "files.py") == {"errors"}
     assert not any(n.startswith("medseg.") for n in _imports(ROOT / "medseg" / "errors.py"))
+
+
+# the segmentation-format libraries, each behind one io module (the API reaches them there)
+FORMAT_LIBRARIES = {
+    "highdicom": {"medseg/io/dicom_seg.py"},
+    "rt_utils": {"medseg/io/rtstruct.py"},
+    "slicerio": {"medseg/io/seg_nrrd.py"},
+    "nrrd": set(),  # pynrrd only through slicerio
+}
+
+
+def test_format_libraries_stay_in_their_io_modules():
+    for path in [*_sources("medseg"), *_sources("apps")]:
+        rel = str(path.relative_to(ROOT))
+        for top in _tops(path) & set(FORMAT_LIBRARIES):
+            assert rel in FORMAT_LIBRARIES[top], f"{rel} imports {top}: use medseg.io's module"
+
+
+def test_pydicom_is_used_only_by_the_dicom_output_modules():
+    """pydicom reads/writes SEG and RTSTRUCT; series reading stays SimpleITK (medseg.io.dicom)."""
+    allowed = {"medseg/io/dicom_seg.py", "medseg/io/rtstruct.py", "medseg/io/label_names.py"}
+    users = {str(p.relative_to(ROOT)) for p in _sources("medseg") if "pydicom" in _tops(p)}
+    assert users <= allowed, sorted(users - allowed)
+
+
+def test_import_medseg_api_loads_no_format_library():
+    code = (
+        "import sys, medseg, medseg.io, medseg.api, medseg.api.exports, medseg.io.label_names;"
+        "print(sorted({'highdicom', 'rt_utils', 'slicerio', 'pydicom', 'nrrd', 'cv2'}"
+        " & set(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from medseg.api.exports import FORMATS as EXPORT_FORMATS
 from medseg.errors import MedsegError
 from medseg.transforms.planes import AXES
 from medseg.viz import WINDOW_PRESETS
@@ -118,6 +119,10 @@ def build_app(
                     res_dd = gr.Dropdown(list(hub.restorers), label="Restoration model",
                                          value=next(iter(hub.restorers), None))  # fmt: skip
                     res_btn = gr.Button("Restore", visible=bool(hub.restorers))
+                export_formats = gr.CheckboxGroup(
+                    list(EXPORT_FORMATS), value=["nifti"], elem_id="export-formats",
+                    label="Label formats (dicom-seg, rtstruct: DICOM images only)",
+                )  # fmt: skip
                 export_btn = gr.Button("Export labels + statistics (+ restored)", elem_id="export")
                 export_files = gr.File(label="Exports", file_count="multiple",
                                        elem_id="exports")  # fmt: skip
@@ -280,6 +285,7 @@ def build_app(
                       full_out, api_name="segment", **model)  # fmt: skip
         res_btn.click(lambda s, n: full(s, cb.restore(s, hub, n)), [state, res_dd], full_out,
                       api_name="restore", **model)  # fmt: skip
-        export_btn.click(lambda s: (cb.export(s, str(work)), "exported"), state,
-                         [export_files, status], api_name="export")  # fmt: skip
+        export_btn.click(lambda s, f: (cb.export(s, str(work), f or ["nifti"]), "exported"),
+                         [state, export_formats], [export_files, status],
+                         api_name="export")  # fmt: skip
     return demo

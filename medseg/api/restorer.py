@@ -21,6 +21,7 @@ from medseg.errors import InputError
 from medseg.io.volume import Volume
 
 from . import options as opt
+from .exports import IMAGE_FORMATS
 from .results import Restoration, check_formats, default_stem, restore_paths
 
 __all__ = ["REGIONS", "Restorer", "restore"]
@@ -161,7 +162,7 @@ class Restorer:
         started = time.perf_counter()
         if (seg_checkpoint is None) != (reference is None):
             raise InputError("bad_argument", "--seg-checkpoint and --reference go together")
-        formats = check_formats(formats)
+        formats = check_formats(formats, IMAGE_FORMATS)
         source = None if isinstance(image, Volume) else str(image)
         protect = [*([source] if source else []), *protect]
         if output is not None:

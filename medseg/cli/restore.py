@@ -93,13 +93,20 @@ def add_parser(sub, parents) -> None:
     )
     add_input_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument(
+        "--format",
+        default="nifti",
+        help="nifti only: a restored image is no segmentation (dicom-seg, rtstruct and "
+        "seg-nrrd are refused); -o FILE's extension picks .nii.gz, .nrrd or .mha",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from medseg.api import Restorer
+    from medseg.api.exports import IMAGE_FORMATS
     from medseg.api.outputs import case_name, plan_outputs
-    from medseg.api.results import restore_paths, volume_suffix
+    from medseg.api.results import check_formats, restore_paths, volume_suffix
 
     from .batch import check_batch_outputs, list_inputs, note_ignored, run_cases
     from .report import warning_printer
@@ -107,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
 
     if (args.seg_checkpoint is None) != (args.reference is None):
         raise InputError("bad_argument", "--seg-checkpoint and --reference go together")
+    formats = check_formats(args.format, IMAGE_FORMATS)
     restorer = Restorer(
         args.checkpoint,
         method=args.method,
@@ -156,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
             output=out,
             output_name=name,
             overwrite=args.overwrite,
+            formats=formats,
             protect=protect,
             on_warning=warning_printer(path),
             **read_options(args),
