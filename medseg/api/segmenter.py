@@ -25,6 +25,7 @@ from medseg.io.volume import Volume
 
 from . import options as opt
 from .backends import AutomaticBackend, PromptedBackend, SupportBackend
+from .exports import check_sources
 from .outputs import plan_outputs
 from .prompts import Box, Point, display_prompt
 from .results import Segmentation, check_formats, default_stem, segmentation_files
@@ -198,8 +199,10 @@ class Segmenter:
             if output is not None:
                 where = source or (volume.meta.get("path") if volume is not None else None)
                 files = segmentation_files(output_name or default_stem(where),
-                                           probabilities and mode == "automatic")  # fmt: skip
+                                           probabilities and mode == "automatic",
+                                           formats)  # fmt: skip
                 plan_outputs(output, files, overwrite=overwrite, protect=protect)
+                check_sources(formats, volume if volume is not None else source)
 
         details: dict[str, Any] = {}
         probs, names, prompt = None, {label: label_name or "object"}, None
