@@ -156,3 +156,10 @@ def test_the_viewer_offers_the_default_in_one_click():
     assert message == f"{DEFAULT_RESTORER}: restored (before | after)"
     np.testing.assert_array_equal(session.restored.affine, session.image.affine)
     assert psnr(session.restored.array, clean) - psnr(session.image.array, clean) > 4.0
+
+
+def test_the_api_lists_the_methods_the_restorer_has():
+    from medseg.api import classical as api
+    from medseg.inference import classical
+
+    assert api.METHODS == classical.METHODS and api.DEFAULT_METHOD in classical.METHODS
