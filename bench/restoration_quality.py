@@ -1,7 +1,7 @@
 """Restoration quality on real volumes, degraded by medseg's own degradations.
 
 Volumes: nilearn's MNI152 T1 (1 mm, cropped to 160 x 192 x 160 around the head) and, when the
-folder is there, the two real CT crops of ``shared/data/real_ct`` (1.5 mm, HU; see its README).
+folder is there, the two real CT crops of ``tests/data/real_ct`` (1.5 mm, HU; see its README).
 Degradations (:mod:`medseg.transforms.degrade`, seed 0):
 
 - MR: ``rician_noise`` with sigma = 2 %, 5 % and 10 % of the image's robust range (99.5th minus
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REAL_CT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real_ct"
+REAL_CT = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_ct"  # shipped test data
 
 
 def volumes(only: str | None, ct_folder: Path) -> dict[str, tuple[np.ndarray, str]]:

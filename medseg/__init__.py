@@ -27,7 +27,9 @@ _EXPORTS = {
     "Restoration": "medseg.api.results",
     "Box": "medseg.api.prompts",
     "Point": "medseg.api.prompts",
+    "Object": "medseg.api.prompts",
     "read_prompts": "medseg.api.prompts",
+    "read_objects": "medseg.api.prompts",
     "load_volume": "medseg.io.load",
     "save_volume": "medseg.io.save",
     "Volume": "medseg.io.volume",
@@ -42,6 +44,7 @@ __all__ = [  # the names of _EXPORTS, spelled out for linters and IDEs
     "InputError",
     "MedsegError",
     "ModelError",
+    "Object",
     "OutputError",
     "Point",
     "Restoration",
@@ -51,6 +54,7 @@ __all__ = [  # the names of _EXPORTS, spelled out for linters and IDEs
     "Volume",
     "__version__",
     "load_volume",
+    "read_objects",
     "read_prompts",
     "restore",
     "save_volume",
@@ -58,7 +62,7 @@ __all__ = [  # the names of _EXPORTS, spelled out for linters and IDEs
 ]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from medseg.api.prompts import Box, Point, read_prompts
+    from medseg.api.prompts import Box, Object, Point, read_objects, read_prompts
     from medseg.api.restorer import Restorer, restore
     from medseg.api.results import Restoration, Segmentation
     from medseg.api.segmenter import Segmenter, segment

@@ -229,6 +229,10 @@ def test_prompted_segmentation_checks_memory_before_any_copy(monkeypatch):
         def set_stack(self, stack):
             self.stacks.append(stack)
 
+        @property
+        def stack(self):  # the predictor protocol: the (S, H, W) stack it holds
+            return self.stacks[-1]
+
         def predict(self, index, **kw):
             return np.ones(self.stacks[-1].shape[1:], bool), 1.0
 

@@ -25,6 +25,7 @@ from medseg.viz import WINDOW_PRESETS, LabelStyle, percentile_window
 
 from . import grids, opening
 from .models import ModelHub
+from .prompting import correct_object, prompted_volume
 from .render import present_labels, statistics
 from .state import MODES, Session, new_session
 
@@ -222,7 +223,9 @@ def add_prompt(
     except MedsegError:
         session.undo()
         raise
-    mask, iou = _prompted(session, hub, axis).predict(prompt)
+    if obj.keys and (view.stack(session.labels) == obj.label).any():
+        return correct_object(session, hub, obj, prompt)
+    mask, iou = prompted_volume(session, hub, axis).predict(prompt)
     plane = view.stack(session.labels)[prompt.slice_index]  # a writable view of the labels
     plane[plane == obj.label] = 0
     plane[mask & (plane == 0)] = obj.label
@@ -244,28 +247,15 @@ def propagate(
     stop_at = (max(key - n, 0), min(key + n, view.num_slices - 1))
     total = stop_at[1] - stop_at[0] + 1
     report = None if progress is None else (lambda done: progress(done / total))
-    masks = _prompted(session, hub, obj.axis).propagate(prompt, stop_at=stop_at, progress=report)
+    masks, ious = prompted_volume(session, hub, obj.axis).segment([prompt], stop_at=stop_at,
+                                                            progress=report)  # fmt: skip
     session.checkpoint()
+    obj.keys, obj.ious = [key], ious
     stack = view.stack(session.labels)
     stack[stack == obj.label] = 0
     stack[masks & (stack == 0)] = obj.label
     slices = int(masks.reshape(len(masks), -1).any(axis=1).sum())
     return f"{obj.name}: propagated over {slices} {obj.axis} slice(s)"
-
-
-def _prompted(session: Session, hub: ModelHub, axis: str):
-    """This session's :class:`~medseg.inference.prompted.PromptedVolume` of the displayed image
-    cut along ``axis`` at the current window (rebuilt when either changes)."""
-    key = (axis, *session.window)
-    if session.predictor is None:
-        session.predictor = hub.session_predictor()
-    if session.predictor_key != key or session.prompted is None:
-        session.prompted = None  # the old stack goes before the new one is built
-        session.prompted = session.predictor.prompt_volume(
-            session.image, axis=axis, window=session.window
-        )
-        session.predictor_key = key
-    return session.prompted
 
 
 # objects, undo, reset ---------------------------------------------------------------------------

@@ -31,10 +31,14 @@ MODES = ("crosshair", "point +", "point -", "box")
 
 @dataclass
 class ObjectPrompt:
-    """The prompts of one object on its key slice (display pixels, x = column, y = row).
+    """The prompts of one object on its current slice (display pixels, x = column, y = row).
 
     A prompt on another slice or plane starts a new key slice for the object; voxels already
-    segmented elsewhere stay until a propagation overwrites them.
+    segmented elsewhere stay until a propagation overwrites them. ``keys``: once the object
+    was propagated, the slices of plane ``axis`` its mask came from; a prompt on that plane is
+    then a correction (the slice and its neighbours re-segmented while they change);
+    ``ious``: LiteMedSAM's predicted IoU per slice of that plane (NaN where not segmented),
+    which corrections use to stop where the old mask was rated better.
     """
 
     label: int
@@ -43,9 +47,13 @@ class ObjectPrompt:
     slice_index: int | None = None
     box: tuple[float, float, float, float] | None = None
     points: list[tuple[float, float, int]] = field(default_factory=list)
+    keys: list[int] = field(default_factory=list)
+    ious: np.ndarray | None = None
 
     def move_to(self, axis: str, slice_index: int) -> None:
         """Start a fresh key slice (drops the old prompts) unless it is the current one."""
+        if axis != self.axis:
+            self.keys, self.ious = [], None  # corrections: on the plane it was propagated on
         if (axis, slice_index) != (self.axis, self.slice_index):
             self.axis, self.slice_index, self.box, self.points = axis, slice_index, None, []
 

@@ -15,7 +15,8 @@
 - :func:`segment` / :class:`Segmenter` -> :class:`Segmentation` (label map on exactly the input
   grid, statistics, warnings, timings, ``.save(folder)``);
 - :func:`restore` / :class:`Restorer` -> :class:`Restoration`;
-- :class:`Box`, :class:`Point` prompts (display pixels or RAS mm), :func:`read_prompts` (JSON);
+- :class:`Box`, :class:`Point` prompts (display pixels or RAS mm), :class:`Object` (several
+  key slices, corrections, a label), :func:`read_prompts` / :func:`read_objects` (JSON);
 - :func:`plan_outputs`, :func:`write_outputs`: the pre-flight check and the all-or-nothing writer
   every saved file goes through.
 
@@ -24,13 +25,14 @@ Errors are :class:`~medseg.errors.InputError` (exit 2 in the CLI), :class:`Outpu
 """
 
 from medseg.api.outputs import case_name, plan_outputs, write_outputs
-from medseg.api.prompts import Box, Point, read_prompts
+from medseg.api.prompts import Box, Object, Point, read_objects, read_prompts
 from medseg.api.restorer import Restorer, restore
 from medseg.api.results import Restoration, Segmentation
 from medseg.api.segmenter import Segmenter, segment
 
 __all__ = [
     "Box",
+    "Object",
     "Point",
     "Restoration",
     "Restorer",
@@ -38,6 +40,7 @@ __all__ = [
     "Segmenter",
     "case_name",
     "plan_outputs",
+    "read_objects",
     "read_prompts",
     "restore",
     "segment",

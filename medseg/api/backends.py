@@ -99,19 +99,40 @@ class PromptedBackend:
         self.load()
         return PromptedVolume(volume, axis, self.predictor, window=window)
 
-    def run(self, volume: Volume, prompt, *, window, label: int, propagate: bool,
-            stop_at, progress: Progress) -> np.ndarray:  # fmt: skip
-        """Labels ``(X, Y, Z)``: ``label`` where the object is (prompt already checked)."""
-        prompted = self.prompt_volume(volume, prompt.axis, window)
-        if propagate:
-            masks = prompted.propagate(prompt, stop_at=stop_at, progress=progress)
-        else:
-            view = prompted.view
-            masks = np.zeros((view.num_slices, view.height, view.width), dtype=bool)
-            masks[prompt.slice_index], _ = prompted.predict(prompt)
-            if progress is not None:
-                progress(1)
-        return prompted.labels(masks, label)
+    def run(self, volume: Volume, axis: str, plans, *, window, propagate: bool,
+            progress: Progress) -> tuple[np.ndarray, list[str]]:  # fmt: skip
+        """``(labels (X, Y, Z), warnings)`` of the planned objects
+        (:class:`medseg.api.planning.ObjectPlan`, already checked): each from its key slices,
+        then its corrections; overlaps go to the higher predicted IoU."""
+        from medseg.inference.interactive import merge_objects
+
+        prompted = self.prompt_volume(volume, axis, window)
+        tracks, notes, offset = [], [], 0
+        for plan in plans:
+            report = None if progress is None else (lambda n, o=offset: progress(o + n))
+            masks, ious = prompted.segment(plan.keys, stop_at=plan.stop_at, propagate=propagate,
+                                           progress=report)  # fmt: skip
+            anchors = [k.slice_index for k in plan.keys]
+            for fix in plan.corrections:
+                masks, ious, _ = prompted.correct(masks, ious, fix, anchors=anchors,
+                                                  stop_at=plan.stop_at)  # fmt: skip
+                anchors.append(fix.slice_index)
+            offset += int(masks.reshape(len(masks), -1).any(1).sum())
+            notes += _empty_keys(plan, masks)
+            tracks.append((plan.label, masks, ious))
+        merged = merge_objects(tracks)
+        return np.ascontiguousarray(prompted.view.unstack(merged)), notes
+
+
+def _empty_keys(plan, masks: np.ndarray) -> list[str]:
+    """A warning per key slice where the object's mask is empty, with what to try."""
+    return [
+        f"{plan.name} (label {plan.label}): the prompt on {k.axis} slice {k.slice_index} gave "
+        "an empty mask; draw a box around the object (LiteMedSAM was trained with boxes) or "
+        "add a positive click inside it"
+        for k in plan.keys
+        if not masks[k.slice_index].any()
+    ]
 
 
 class SupportBackend:

@@ -31,7 +31,18 @@ from typing import Any
 
 from medseg.errors import InputError
 
-__all__ = ["AXES", "Box", "Point", "Prompt", "display_prompt", "prompts_from_json", "read_prompts"]
+__all__ = [
+    "AXES",
+    "Box",
+    "Object",
+    "Point",
+    "Prompt",
+    "display_keys",
+    "objects_from_json",
+    "prompts_from_json",
+    "read_objects",
+    "read_prompts",
+]
 
 AXES = ("axial", "coronal", "sagittal")
 SPACES = ("pixel", "mm")
@@ -82,8 +93,54 @@ class Point:
 Prompt = Box | Point
 
 
+@dataclass(frozen=True)
+class Object:
+    """One object of a run: its key prompts, then corrections, written as ``label``.
+
+    ``prompts``: boxes and/or points on one or more slices of one plane (one box per slice;
+    a millimetre box whose corners lie on different slices is a 3D box: the object is searched
+    between them). ``corrections``: clicks or boxes applied in order after the object is
+    segmented, each re-segmenting its slice and re-propagating locally; clicks on the same slice
+    accumulate. ``color``: ``(r, g, b)`` 0..255 for the outputs that carry colours.
+    """
+
+    prompts: tuple[Prompt, ...]
+    label: int = 1
+    name: str | None = None
+    color: tuple[int, int, int] | None = None
+    corrections: tuple[Prompt, ...] = ()
+
+    def __post_init__(self) -> None:
+        items = (self.prompts,) if isinstance(self.prompts, (Box, Point)) else self.prompts
+        fixes = self.corrections
+        fixes = (fixes,) if isinstance(fixes, (Box, Point)) else fixes
+        object.__setattr__(self, "prompts", tuple(items))
+        object.__setattr__(self, "corrections", tuple(fixes))
+        if not self.prompts:
+            raise InputError("bad_prompt", f"object {self.label}: give at least one prompt")
+        if any(p.space != "pixel" or p.slice is None for p in self.corrections):
+            raise InputError("bad_prompt", "corrections are display-pixel prompts with a slice")
+        if self.color is not None:
+            rgb = tuple(int(v) for v in self.color)
+            if len(rgb) != 3 or not all(0 <= v <= 255 for v in rgb):
+                raise InputError("bad_prompt", f"color must be (r, g, b) in 0..255: {self.color}")
+            object.__setattr__(self, "color", rgb)
+
+
 def read_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
     """Prompts from a JSON file (see the module docstring), or ``InputError`` naming the entry."""
+    return _read_json(path, prompts_from_json)
+
+
+def read_objects(path: str | os.PathLike[str]) -> list[Object]:
+    """Objects from a JSON prompts file: ``{"objects": [{"label": 2, "name": "liver",
+    "color": [r, g, b], "prompts": [...], "corrections": [...]}, ...]}``, or a plain list of
+    prompts (one object, label 1). ``InputError`` naming the entry otherwise."""
+    return _read_json(path, objects_from_json)
+
+
+def _read_json(path: str | os.PathLike[str], parse):
+    """``parse(data)`` of the JSON prompts file ``path``; errors name the file."""
     from medseg.files import check_regular_file
 
     check_regular_file(path, what="prompts file")
@@ -92,9 +149,39 @@ def read_prompts(path: str | os.PathLike[str]) -> list[Prompt]:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise InputError("bad_prompt", f"not a JSON prompts file ({err})", path=str(path)) from err
     try:
-        return prompts_from_json(data)
+        return parse(data)
     except InputError as err:
         raise InputError(err.code, err.message, path=str(path)) from None
+
+
+def objects_from_json(data: Any) -> list[Object]:
+    """:class:`Object` list from the parsed JSON form (see :func:`read_objects`)."""
+    if not (isinstance(data, dict) and "objects" in data):
+        return [Object(tuple(prompts_from_json(data)))]
+    entries = data["objects"]
+    if not isinstance(entries, list) or not entries:
+        raise InputError("bad_prompt", "'objects' must be a non-empty list")
+    out, labels = [], set()
+    for n, entry in enumerate(entries):
+        unknown = set(entry) - {"label", "name", "color", "prompts", "corrections"} if isinstance(
+            entry, dict) else {"(not an object)"}  # fmt: skip
+        if unknown or "prompts" not in entry:
+            extra = f" (unknown keys {sorted(unknown)})" if unknown else ""
+            raise InputError("bad_prompt", f"object {n}: needs 'prompts'{extra}")
+        label = entry.get("label", n + 1)
+        if label in labels:
+            raise InputError("bad_prompt", f"object {n}: label {label} is used twice")
+        labels.add(label)
+        fixes = entry.get("corrections", [])
+        try:
+            out.append(Object(
+                tuple(prompts_from_json(entry["prompts"])), label=label, name=entry.get("name"),
+                color=entry.get("color"),
+                corrections=tuple(prompts_from_json(fixes)) if fixes else (),
+            ))  # fmt: skip
+        except InputError as err:
+            raise InputError("bad_prompt", f"object {n}: {err.message}") from None
+    return out
 
 
 def prompts_from_json(data: Any) -> list[Prompt]:
@@ -129,8 +216,18 @@ def prompts_from_json(data: Any) -> list[Prompt]:
     return out
 
 
-def grouped(prompts: Iterable[Prompt]) -> tuple[str, int | None, str, list[Prompt]]:
-    """``(axis, slice, space, prompts)`` after checking the prompts share plane, slice, space."""
+def display_keys(prompts: Iterable[Prompt], volume):
+    """``(axis, key prompts, box range)``: the prompts of one object as one
+    :class:`medseg.inference.prompted.Prompt` per key slice in display pixels of ``volume``
+    (boxes not yet clipped or checked), and ``(lo, hi)`` when a millimetre box spans several
+    slices (a 3D box: the object lies between them), else None.
+
+    Pixel prompts need their ``slice``; prompts on the same slice form one key (one box per
+    slice). Millimetre prompts form one key: the given ``slice``, or the slice nearest to their
+    mean position along the plane normal.
+    """
+    from medseg.inference.prompted import Prompt as DisplayPrompt
+
     items = list(prompts)
     if not items:
         raise InputError("bad_prompt", "give a prompt: --box x0,y0,x1,y1 and/or --point x,y")
@@ -142,37 +239,49 @@ def grouped(prompts: Iterable[Prompt]) -> tuple[str, int | None, str, list[Promp
                 "bad_prompt",
                 hint if what == "space" else f"prompts on several planes {sorted(values)}",
             )
+    axis, space = items[0].axis, items[0].space
+    if space == "mm":
+        return axis, *_mm_key(items, volume, axis)
+    if any(p.slice is None for p in items):
+        raise InputError("bad_prompt", "--slice K is required with --box/--point")
+    keys = []
+    for index in sorted({p.slice for p in items}):
+        here = [p for p in items if p.slice == index]
+        boxes = [p.corners for p in here if isinstance(p, Box)]
+        if len(boxes) > 1:
+            raise InputError("bad_prompt", f"one box per slice (slice {index} has {len(boxes)})")
+        points = [(*p.position, p.label) for p in here if isinstance(p, Point)]
+        keys.append(DisplayPrompt(axis, index, boxes[0] if boxes else None, points))
+    return axis, keys, None
+
+
+def _mm_key(items: list[Prompt], volume, axis: str):
+    from medseg.inference.prompted import prompt_from_mm
+    from medseg.transforms.planes import PlaneView, world_to_voxel
+
+    boxes = [p for p in items if isinstance(p, Box)]
+    if len(boxes) > 1:
+        raise InputError("bad_prompt", "one millimetre box per object")
     slices = {p.slice for p in items if p.slice is not None}
     if len(slices) > 1:
-        raise InputError(
-            "bad_prompt", f"prompts on several slices {sorted(slices)}: give one slice per run"
-        )
-    if sum(isinstance(p, Box) for p in items) > 1:
-        raise InputError("bad_prompt", "one box per object and run")
-    return items[0].axis, next(iter(slices), None), items[0].space, items
+        raise InputError("bad_prompt", f"millimetre prompts on several slices {sorted(slices)}")
+    span = None
+    if boxes:
+        import numpy as np
 
-
-def display_prompt(prompts: Iterable[Prompt], volume):
-    """The prompts as one :class:`medseg.inference.prompted.Prompt` in display pixels of
-    ``volume`` (millimetre prompts converted; the box not yet clipped or checked)."""
-    from medseg.inference.prompted import Prompt as DisplayPrompt
-    from medseg.inference.prompted import prompt_from_mm
-
-    axis, slice_index, space, items = grouped(prompts)
-    boxes = [p for p in items if isinstance(p, Box)]
-    points = [p for p in items if isinstance(p, Point)]
-    if space == "mm":
-        return prompt_from_mm(
-            volume,
-            axis,
-            box_mm=boxes[0].corners if boxes else None,
-            points_mm=[(*p.position, p.label) for p in points],
-            slice_index=slice_index,
-        )
-    if slice_index is None:
-        raise InputError("bad_prompt", "--slice K is required with --box/--point")
-    box = boxes[0].corners if boxes else None
-    return DisplayPrompt(axis, slice_index, box, [(*p.position, p.label) for p in points])
+        view = PlaneView.from_affine(volume.affine, volume.spatial_shape, axis)
+        corners = world_to_voxel(volume.affine, np.asarray(boxes[0].corners).reshape(2, 3))
+        ends = sorted(int(round(view.to_display(c)[0])) for c in corners)
+        if ends[1] > ends[0]:
+            span = (max(ends[0], 0), min(ends[1], view.num_slices - 1))
+    key = prompt_from_mm(
+        volume,
+        axis,
+        box_mm=boxes[0].corners if boxes else None,
+        points_mm=[(*p.position, p.label) for p in items if isinstance(p, Point)],
+        slice_index=next(iter(slices), None),
+    )
+    return [key], span
 
 
 def _pixel(prompt: Box | Point) -> bool:

@@ -14,6 +14,7 @@ Errors: :class:`~medseg.errors.InputError` (bad input, option or prompt; CLI exi
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import time
@@ -27,7 +28,8 @@ from . import options as opt
 from .backends import AutomaticBackend, PromptedBackend, SupportBackend
 from .exports import check_sources
 from .outputs import plan_outputs
-from .prompts import Box, Point, display_prompt
+from .planning import objects_of, plan_objects
+from .prompts import Box, Object, Point
 from .results import Segmentation, check_formats, default_stem, segmentation_files
 
 __all__ = ["MODELS", "Segmenter", "segment"]
@@ -145,7 +147,7 @@ class Segmenter:
         self,
         image: PathLike | Volume,
         *,
-        prompts: Box | Point | Iterable[Box | Point] | None = None,
+        prompts: Box | Point | Object | Iterable[Box | Point | Object] | None = None,
         window: Sequence[float] | None = None,
         label: int = 1,
         label_name: str | None = None,
@@ -189,8 +191,9 @@ class Segmenter:
         window, slices = opt.check_window(window), opt.check_slices(slices)
         label = opt.check_label(label)
         formats = check_formats(formats)
-        items = [prompts] if isinstance(prompts, (Box, Point)) else list(prompts or [])
-        mode = self.resolve_mode(bool(items) or slices is not None or not propagate, probabilities)
+        objects = objects_of(prompts, label, label_name)
+        prompted = bool(objects) or slices is not None or not propagate
+        mode = self.resolve_mode(prompted, probabilities)
         source = None if isinstance(image, Volume) else str(image)
         read = {"volume_index": volume_index, "series_uid": series_uid, "nan_policy": nan_policy}
         protect = [*([source] if source else []), *protect]
@@ -223,16 +226,26 @@ class Segmenter:
             _warn(volume, on_warning)
             check_single_channel_volume(volume)
             if mode == "prompted":
-                prompt = self._check_prompt(items, volume, slices)
-                axis = prompt.axis
+                axis, plans = plan_objects(objects, volume, slices)
+                names = {p.label: p.name for p in plans}
+                one = plans[0]
+                single = len(plans) == 1 and len(one.keys) == 1 and not one.corrections
+                single = single and one.stop_at == (None if slices is None else tuple(slices))
+                prompt = plans[0].keys[0] if single else None
+                details = {} if single else {"objects": [p.as_dict() for p in plans]}
             plan(volume)
             if mode == "support":
                 self._backend.check()
             self._backend.load()
             if mode == "prompted":
-                labels = self._prompted.run(volume, prompt, window=window, label=label,
-                                            propagate=propagate, stop_at=slices,
-                                            progress=progress)  # fmt: skip
+                labels, notes = self._prompted.run(
+                    volume, axis, plans, window=window, propagate=propagate, progress=progress
+                )
+                if notes:  # a copy: the caller's Volume keeps its own meta
+                    meta = {**volume.meta, "warnings": [*volume.meta.get("warnings", []), *notes]}
+                    volume = dataclasses.replace(volume, meta=meta)
+                    for text in notes:
+                        _warn_one(text, on_warning)
             else:
                 labels, details = self._backend.run(
                     volume, axis=axis, window=window, label=label, progress=progress
@@ -295,17 +308,6 @@ class Segmenter:
         self._backend = self._prompted
         return "prompted"
 
-    @staticmethod
-    def _check_prompt(items, volume: Volume, slices):
-        from medseg.inference.prompted import check_stop_at, validate_prompt
-        from medseg.transforms.planes import PlaneView
-
-        prompt = display_prompt(items, volume)
-        view = PlaneView.from_affine(volume.affine, volume.spatial_shape, prompt.axis)
-        prompt = validate_prompt(prompt, view)
-        check_stop_at(slices, prompt.slice_index, view.num_slices, prompt.axis)
-        return prompt
-
 
 def segment(image: PathLike | Volume, **kwargs: Any) -> Segmentation:
     """Segment one volume: ``Segmenter(checkpoint, model=..., device=..., ...)`` then
@@ -343,6 +345,11 @@ def _prompt_required(kind: str, checkpoint: PathLike | None) -> InputError:
         "give a prompt: --box x0,y0,x1,y1 and/or --point x,y with --slice K (LiteMedSAM), "
         "or --checkpoint run.ckpt from medseg fit for automatic segmentation",
     )
+
+
+def _warn_one(text: str, on_warning: Callable[[str], None] | None) -> None:
+    if on_warning is not None:
+        on_warning(text)
 
 
 def _warn(volume: Volume, on_warning: Callable[[str], None] | None) -> None:

@@ -92,7 +92,8 @@ def add_prompt_arguments(p: argparse.ArgumentParser) -> None:
         "--prompts",
         default=None,
         metavar="FILE",
-        help="prompts from a JSON file (see README 'Python API'); instead of --box/--point",
+        help="prompts from a JSON file: key slices, corrections, several objects (see README "
+        "'Prompts files'); instead of --box/--point",
     )
     g.add_argument(
         "--window",
@@ -171,13 +172,17 @@ def run(args: argparse.Namespace) -> int:
 def prompts_from_args(args: argparse.Namespace) -> list:
     """:class:`medseg.api.Box` / :class:`~medseg.api.Point` from ``--box/--point``,
     ``--box-mm/--point-mm`` or ``--prompts FILE`` (checked when the volume is known)."""
-    from medseg.api import Box, Point, read_prompts
+    from medseg.api import Box, Object, Point, read_objects
 
     given = args.box is not None or args.point or args.box_mm is not None or args.point_mm
     if args.prompts is not None:
         if given:
             raise InputError("bad_prompt", "use --prompts FILE or --box/--point, not both")
-        return read_prompts(args.prompts)
+        objects = read_objects(args.prompts)
+        if len(objects) == 1 and objects[0].name is None and objects[0].label == 1:
+            one = objects[0]  # a plain list of prompts: --label and --name apply
+            return [Object(one.prompts, args.label, args.name, one.color, one.corrections)]
+        return objects
     place = {"axis": args.axis, "slice": args.slice}
     out: list = []
     if args.box is not None:

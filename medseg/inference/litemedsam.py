@@ -255,14 +255,28 @@ class LiteMedSAMPredictor:
         for step, limit in ((1, hi), (-1, lo)):
             previous, index = masks[key], key + step
             while (index - limit) * step <= 0:
-                prompt = box_from_mask_256(previous)
-                if prompt is None:
+                found = self.follow(index, previous, limit=limit)
+                if found is None:
                     break
-                masks[index] = self._segment(index, prompt, None, None, step=step, limit=limit)[0]
+                masks[index] = found[0]
                 previous, index, done = masks[index], index + step, done + 1
                 if progress is not None:
                     progress(done)
         return masks
+
+    def follow(
+        self, index: int, previous: np.ndarray, *, limit: int
+    ) -> tuple[np.ndarray, float] | None:
+        """One propagation step: segment slice ``index`` from the box (official
+        ``get_bbox256``) of its neighbour's ``(H, W)`` mask ``previous``, encoding ahead towards
+        slice ``limit``. ``(mask (H, W) bool, predicted IoU)``, or None when ``previous`` has
+        vanished at 256 scale."""
+        index = self._check_index(index)
+        prompt = box_from_mask_256(previous)
+        if prompt is None:
+            return None
+        step = 1 if limit >= index else -1
+        return self._segment(index, prompt, None, None, step=step, limit=limit)
 
     def _segment(
         self,
