@@ -1,5 +1,6 @@
 """The viewer in headless Chromium (Debian ``chromium`` driven by Playwright; no browser
-download): open a volume, move a slider, change a preset, draw a box, see the mask, export.
+download): open a volume, move a slider, change a preset, draw a box, see the mask,
+propagate it, correct a propagated slice with a negative click, export.
 
 Screenshots go to ``$MEDSEG_TEST_ARTIFACTS/viewer`` (default: a pytest temp folder, printed).
 Marked ``browser``; skipped when Playwright or Chromium is missing. About 1 minute.
@@ -138,6 +139,22 @@ def test_open_scroll_preset_box_mask_export(tmp_path, artifacts):
         page.screenshot(path=str(artifacts / "4-mask.png"), full_page=True)
         after = orange_pixels(page.locator("#plane-axial img").screenshot())
         assert before < 50 and after > 500 + before, (before, after)
+
+        # propagate, then correct a propagated slice with a negative click inside the object
+        page.get_by_role("button", name="Propagate").click()
+        page.get_by_text("propagated over").first.wait_for()
+        press_until(page, slider, "ArrowLeft", f"Axial {mid - 1} / {SHAPE[2] - 1}")
+        wait_for_picture(page, "#plane-axial")
+        propagated = orange_pixels(page.locator("#plane-axial img").screenshot())
+        page.locator("#mode").get_by_text("point -", exact=True).click()
+        page.get_by_text("click mode: point -").wait_for()
+        wait_for_picture(page, "#plane-axial")
+        click_picture(page, "#plane-axial", *vp.to_image((y0 + y1) / 2, (x0 + x1) / 2))
+        page.get_by_text(f"corrected axial slice {mid - 1}").first.wait_for()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(artifacts / "4b-corrected.png"), full_page=True)
+        corrected = orange_pixels(page.locator("#plane-axial img").screenshot())
+        assert propagated > 500 and corrected < propagated, (propagated, corrected)
 
         # export
         page.locator("#export").click()
