@@ -163,8 +163,9 @@ def objects_from_json(data: Any) -> list[Object]:
         raise InputError("bad_prompt", "'objects' must be a non-empty list")
     out, labels = [], set()
     for n, entry in enumerate(entries):
-        unknown = set(entry) - {"label", "name", "color", "prompts", "corrections"} if isinstance(
-            entry, dict) else {"(not an object)"}  # fmt: skip
+        if not isinstance(entry, dict):
+            raise InputError("bad_prompt", f"object {n}: not a JSON object")
+        unknown = set(entry) - {"label", "name", "color", "prompts", "corrections"}
         if unknown or "prompts" not in entry:
             extra = f" (unknown keys {sorted(unknown)})" if unknown else ""
             raise InputError("bad_prompt", f"object {n}: needs 'prompts'{extra}")

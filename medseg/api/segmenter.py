@@ -140,7 +140,8 @@ class Segmenter:
 
     def prompt_volume(self, volume: Volume, *, axis: str = "axial", window=None):
         """Prompted mode, interactive: a :class:`medseg.inference.prompted.PromptedVolume` of
-        ``volume`` cut along ``axis`` at ``window`` (``predict`` one slice, ``propagate``)."""
+        ``volume`` cut along ``axis`` at ``window`` (``predict`` one slice, ``segment`` an
+        object from key slices, ``correct`` it)."""
         return self._prompted.prompt_volume(volume, axis, opt.check_window(window))
 
     def segment(
