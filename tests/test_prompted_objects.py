@@ -133,6 +133,8 @@ def test_objects_are_checked_before_the_model_loads(tmp_path, monkeypatch):
         ([good, medseg.Box((1, 1, 4, 4), slice=5)], "one box per slice"),
         ([medseg.Object(good, corrections=medseg.Point((3, 3), slice=99))], "outside 0..9"),
         ([medseg.Object(good, label=0)], "from 1 to 65535"),
+        # millimetres of another scan: named as millimetres, not as a --slice the user never gave
+        ([medseg.Box((-20, 10, -80, 25, 50, -40), space="mm")], "millimetre prompt lies outside"),
     ]
     for prompts, message in cases:
         with pytest.raises(InputError, match=message):

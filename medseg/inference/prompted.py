@@ -91,6 +91,13 @@ def prompt_from_mm(
         if not centres:
             raise InputError("bad_prompt", "a millimetre prompt needs --box-mm or --point-mm")
         slice_index = int(round(float(np.mean(centres))))
+        if not 0 <= slice_index < view.num_slices:
+            raise InputError(
+                "bad_prompt",
+                f"the millimetre prompt lies outside the volume along the {axis} normal (its "
+                f"slice would be {slice_index}, the volume has 0..{view.num_slices - 1}): give "
+                "RAS millimetres of this scan (the viewer shows them under the cursor)",
+            )
     return Prompt(axis=axis, slice_index=slice_index, box=box, points=points)
 
 
@@ -138,9 +145,10 @@ class PromptedVolume:
     Args:
         volume: a single-channel volume ``(X, Y, Z)`` (``multi_channel`` InputError otherwise).
         axis: ``"axial" | "coronal" | "sagittal"``.
-        predictor: a predictor with ``set_stack``, ``predict`` and ``propagate``
-            (:class:`medseg.inference.litemedsam.LiteMedSAMPredictor`, DB-SAM's
-            ``BoxPromptPredictor``); it receives the ``(S, H, W)`` uint8 display stack now.
+        predictor: a predictor with ``set_stack``, ``stack``, ``predict`` and, optionally,
+            ``follow`` (:class:`medseg.inference.litemedsam.LiteMedSAMPredictor`, DB-SAM's
+            ``BoxPromptPredictor``; see :mod:`medseg.inference.interactive`); it receives the
+            ``(S, H, W)`` uint8 display stack now.
         window: ``(level, width)`` for CT, or None for MedSAM's percentile clipping.
     """
 
@@ -178,28 +186,6 @@ class PromptedVolume:
         from .interactive import predict_key
 
         return predict_key(self.predictor, self._key(prompt))
-
-    def propagate(
-        self,
-        prompt: Prompt,
-        *,
-        stop_at: tuple[int, int] | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> np.ndarray:
-        """Masks ``(S, H, W)`` bool: the prompt's slice, then outwards slice by slice until the
-        object ends or ``stop_at = (lo, hi)`` (inclusive slice indices; see :func:`check_stop_at`).
-        ``progress`` is called with the number of slices done."""
-        prompt = self.check(prompt)
-        check_stop_at(stop_at, prompt.slice_index, self.num_slices, prompt.axis)
-        points, labels = _point_arrays(prompt)
-        return self.predictor.propagate(
-            prompt.slice_index,
-            box=prompt.box,
-            points=points,
-            point_labels=labels,
-            stop_at=stop_at,
-            progress=progress,
-        )
 
     def segment(
         self,
@@ -319,11 +305,3 @@ def segment_with_prompt(
     prompted = PromptedVolume(volume, prompt.axis, predictor, window=window)
     masks, _ = prompted.segment([prompt], stop_at=stop_at, propagate=propagate, progress=progress)
     return prompted.labels(masks, label)
-
-
-def _point_arrays(prompt: Prompt) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``(points (N, 2) float32 x/y, labels (N,) int64)`` or ``(None, None)`` without points."""
-    if not prompt.points:
-        return None, None
-    points = np.array([(x, y) for x, y, _ in prompt.points], dtype=np.float32)
-    return points, np.array([lab for *_, lab in prompt.points], dtype=np.int64)
