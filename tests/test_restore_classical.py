@@ -95,7 +95,7 @@ def test_mppca_denoises_a_4d_series_and_refuses_one_volume():
 @pytest.mark.parametrize(
     "kwargs, words",
     [
-        ({"scale": 2}, "--scale 2 needs a super-resolution --checkpoint"),
+        ({"scale": 2}, "or a super-resolution --checkpoint"),
         ({"regions": "sam"}, "--regions"),
         ({"roi": (16, 16)}, "--roi"),
         ({"batch_size": 2}, "--batch-size"),
@@ -161,5 +161,7 @@ def test_the_viewer_offers_the_default_in_one_click():
 def test_the_api_lists_the_methods_the_restorer_has():
     from medseg.api import classical as api
     from medseg.inference import classical
+    from medseg.inference.self_sr import SelfSR
 
-    assert api.METHODS == classical.METHODS and api.DEFAULT_METHOD in classical.METHODS
+    assert (*classical.METHODS, SelfSR.method) == api.METHODS
+    assert api.DEFAULT_METHOD in classical.METHODS

@@ -1,7 +1,8 @@
 """``medseg.restore`` and :class:`Restorer`: denoise, super-resolve or translate a volume with a
 ``medseg fit`` restoration checkpoint (RAT, DISGAN), in the input's units; without a checkpoint,
 denoise with a classical method (DIPY's non-local means by default, ``method="mppca"`` for 4-D
-series; :mod:`medseg.inference.classical`).
+series; :mod:`medseg.inference.classical`) or super-resolve a thick-slice volume through-plane
+with a net trained on the volume itself (``method="self-sr"``; :mod:`medseg.inference.self_sr`).
 
 Geometry: denoising keeps the input grid exactly; super-resolution by ``s`` gives ``s`` times
 the voxels (``1/s`` the spacing) along the upsampled axes over the same physical box and
@@ -46,7 +47,11 @@ class Restorer:
             batch_size: windows (2-D: slices) per pass.
         regions: RAT's region partitions: ``"auto"`` (as trained), ``"sam"``, ``"kmeans"``,
             ``"none"``.
-        scale: the expected upsampling factor: a check against the checkpoint's.
+        scale: the expected upsampling factor: a check against the checkpoint's; with
+            ``method="self-sr"`` the through-plane factor (None: from the spacing).
+        thickness: ``self-sr``'s slice thickness in mm (None: the slice spacing); steps: its
+            training steps (None: 1000); progress: called with ``(done, total, stage)`` while
+            it trains (``"train"``) and restores (``"restore"``).
     """
 
     def __init__(
@@ -63,6 +68,9 @@ class Restorer:
         batch_size: int | None = None,
         regions: str = "auto",
         scale: int | None = None,
+        thickness: float | None = None,
+        steps: int | None = None,
+        progress: Callable[[int, int, str], None] | None = None,
     ) -> None:
         if regions not in REGIONS:
             raise InputError("bad_argument", f"--regions must be one of {REGIONS}, got {regions!r}")
@@ -74,13 +82,14 @@ class Restorer:
                 method, noise=noise, sigma=sigma, scale=scale, regions=regions,
                 checkpoint_options={"overlap": overlap != 0.5, "roi": roi is not None,
                                     "batch_size": batch_size is not None},
+                thickness=thickness, steps=steps, device=device, progress=progress,
             )  # fmt: skip
             self.method = self._classical.method
-        elif method is not None or noise != "auto" or sigma is not None:
+        elif (method, sigma, thickness, steps) != (None,) * 4 or noise != "auto":
             raise InputError(
                 "bad_argument",
-                "--method, --noise and --sigma choose a classical method, which needs no "
-                "checkpoint: give them or --checkpoint, not both",
+                "--method, --noise, --sigma, --slice-thickness and --steps choose a method "
+                "that needs no checkpoint: give them or --checkpoint, not both",
             )
         else:
             from medseg.inference.checkpoints import check_checkpoint_file

@@ -39,6 +39,29 @@ def print_summary(paths: Iterable[Path], labels: list[dict], *, prompted: bool) 
         print(f"wrote {printable(path)}")
 
 
+class StageProgress:
+    """A ``progress(done, total, stage)`` callback drawing one progress bar per stage on stderr
+    (a new bar when the stage or the total changes); silent when ``quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bar, self.key = quiet, None, None
+
+    def __call__(self, done: int, total: int, stage: str) -> None:
+        if self.quiet:
+            return
+        if self.key != (stage, total):
+            from tqdm.auto import tqdm
+
+            if self.bar is not None:
+                self.bar.close()
+            self.key = (stage, total)
+            self.bar = tqdm(desc=stage, total=total, leave=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
+            self.bar, self.key = None, None
+
+
 class SliceProgress:
     """A ``progress(done)`` callback drawing a slice progress bar on stderr, created on the
     first call, so a run refused before any model work prints only its error line. Use as a
