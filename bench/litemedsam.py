@@ -8,8 +8,12 @@ postprocess; no caching. All variants cover the same range of slices inside the 
 mask vanishes, so they visit the same slices and their masks can be compared.
 
 Rows: ``LiteMedSAMPredictor`` with ``precision="auto"`` (bf16 on CPUs with AVX512-BF16/AMX and
-on CUDA) at its default look-ahead batch; ``--extra`` adds ours in fp32, ours at batch 8 and the
-fp32 noise floor (the baseline with N(0, 0.1 grey level) added to its input).
+on CUDA) at its default look-ahead batch, its encoder in torch eager mode (the path before
+``--runtime``) and, with ``--runtimes``, bf16 and fp32 encoders under torch and OpenVINO
+(:mod:`medseg.inference.runtimes`; "(auto)" marks what ``--runtime auto`` picks), with
+seconds per slice and achieved GFLOP/s (78.6 GFLOP per slice) next to the CPU's measured bf16
+matmul peak; ``--extra`` adds ours in fp32, ours at
+batch 8 and the fp32 noise floor (the baseline with N(0, 0.1 grey level) added to its input).
 
     .venv/bin/python -m bench.litemedsam              # full run, median of 3
     .venv/bin/python -m bench.litemedsam --quick      # smoke run: 9 slices, 1 repeat
@@ -25,6 +29,7 @@ import statistics
 import time
 from collections.abc import Callable
 from importlib.resources import files
+from pathlib import Path
 from typing import NamedTuple
 
 import cv2
@@ -43,6 +48,7 @@ MNI_T1 = "data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 WINDOWS: dict[str, tuple[float, float] | None] = {"brain": (40.0, 80.0), "percentile": None}
 NOISE_GREY = 0.1
+SLICE_GFLOP = 75.0 + 3.6  # TinyViT encoder + one mask decode (torch FLOP counter, issue 16)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -66,6 +72,11 @@ def main(args: list[str] | None = None) -> None:
         "--extra",
         action="store_true",
         help="also ours in fp32, ours at look-ahead batch 8, and the fp32 noise floor",
+    )
+    parser.add_argument(
+        "--runtimes",
+        action="store_true",
+        help="also bf16 and fp32 encoders under torch and OpenVINO (medseg.inference.runtimes)",
     )
     parser.add_argument(
         "--tune-allocator",
@@ -95,12 +106,21 @@ def main(args: list[str] | None = None) -> None:
     task = Task(stack, key, box, (lo, hi))
 
     net = load_litemedsam()
-    auto = LiteMedSAMPredictor(net, precision="auto")
+    auto = LiteMedSAMPredictor(net, precision="auto")  # converts (first run) and caches
     default = f"batch {auto.batch_size} (default)"
     variants: dict[str, Callable[[], tuple[np.ndarray, int]]] = {
         "baseline: official-style loop, fp32, 1 slice per call": lambda: official_loop(net, task)
     }
-    variants[f"ours, {auto.precision} (auto), {default}"] = _ours(net, task, "auto", None)
+    eager = f"ours, {auto.precision}, torch eager (before --runtime), {default}"
+    variants[eager] = _ours(net, task, "auto", None, "torch")
+    if opts.runtimes:  # every precision under every runtime; "auto" marks the default choice
+        for precision in ("bf16", "fp32"):
+            for runtime in ("torch", "openvino"):
+                picked = _auto_runtime(precision)
+                mark = " (auto)" if picked == runtime else ""
+                name = f"ours, {precision}, {runtime}{mark}"
+                if (precision, runtime) != (auto.precision, "torch"):
+                    variants[name] = _ours(net, task, precision, None, runtime)
     if opts.extra:
         variants[f"ours, fp32, {default}"] = _ours(net, task, "fp32", None)
         if auto.batch_size != 8:
@@ -129,15 +149,22 @@ def main(args: list[str] | None = None) -> None:
         f"{_cpu_name()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{allocator} allocator; median of {repeats}\n"
     )
-    print("| variant | slices visited | seconds | speed-up | Dice vs baseline | other load |")
-    print("|---|---|---|---|---|---|")
+    peak = _bf16_matmul_peak()
+    print(f"CPU flags: {_bf16_flags()}; measured bf16 matmul peak {peak:.0f} GFLOP/s "
+          f"(2 threads, 2048^3)\n")  # fmt: skip
+    print("| variant | slices visited | seconds | s/slice | GFLOP/s | speed-up vs fp32 | "
+          "vs torch eager | Dice vs fp32 baseline | other load |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    eager_time = statistics.median(times[eager])
     for name in masks:
         if name in times:
             seconds = statistics.median(times[name])
-            timing = f"{seconds:.1f} | {base_time / seconds:.2f}x"
+            per = seconds / max(visited[name], 1)
+            timing = (f"{seconds:.1f} | {per:.3f} | {SLICE_GFLOP / per:.0f} | "
+                      f"{base_time / seconds:.2f}x | {eager_time / seconds:.2f}x")  # fmt: skip
             load = f"{statistics.median(loads[name]):.0%}"
         else:
-            timing, load = "- | -", "-"
+            timing, load = "- | - | - | - | -", "-"
         agreement = dice(masks[name], masks[base_name])
         print(f"| {name} | {visited[name]} | {timing} | {agreement:.4f} | {load} |")
     print(
@@ -145,6 +172,38 @@ def main(args: list[str] | None = None) -> None:
         f"{lo}-{hi}: {dice(masks[base_name][lo : hi + 1], reference[lo : hi + 1]):.3f}; "
         "range of repeats (s): " + ", ".join(f"{min(v):.1f}-{max(v):.1f}" for v in times.values())
     )
+
+
+def _auto_runtime(precision: str) -> str:
+    from medseg.inference.runtimes import resolve_runtime
+
+    return resolve_runtime("auto", torch.device("cpu"), precision)
+
+
+def _bf16_matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of a bf16 ``n x n`` matmul in torch (the CPU's usable bf16 peak)."""
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _bf16_flags() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown"
+    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines()
+                  if ln.startswith("flags")), [])  # fmt: skip
+    found = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return ", ".join(found) or "none of avx512f/avx512_bf16/amx"
 
 
 class Task(NamedTuple):
@@ -203,11 +262,11 @@ def official_loop(net: LiteMedSAM, task: Task, noise_grey: float = 0.0) -> tuple
 
 
 def _ours(
-    net: LiteMedSAM, task: Task, precision: str, batch: int | None
+    net: LiteMedSAM, task: Task, precision: str, batch: int | None, runtime: str = "torch"
 ) -> Callable[[], tuple[np.ndarray, int]]:
     def run() -> tuple[np.ndarray, int]:
         done = [0]
-        predictor = LiteMedSAMPredictor(net, precision=precision, batch_size=batch)
+        predictor = LiteMedSAMPredictor(net, precision=precision, batch_size=batch, runtime=runtime)
         predictor.set_stack(task.stack)
         masks = predictor.propagate(
             task.key, task.box, stop_at=task.stop_at, progress=lambda n: done.__setitem__(0, n)

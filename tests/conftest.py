@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _medseg_cache(tmp_path_factory):
+    """Converted encoders (medseg.inference.runtimes) go to one folder per test session, not
+    to the user's ~/.cache; subprocesses inherit it."""
+    previous = os.environ.get("MEDSEG_CACHE")
+    os.environ["MEDSEG_CACHE"] = str(tmp_path_factory.mktemp("medseg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("MEDSEG_CACHE", None)
+    else:
+        os.environ["MEDSEG_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -164,3 +164,50 @@ def test_open_scroll_preset_box_mask_export(tmp_path, artifacts):
         download = page.request.get(link)
         assert download.status == 200 and download.body()[:2] == b"\x1f\x8b"  # gzip
         browser.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_window_on_an_image_scaled_0_to_1_takes_a_typed_level_on_enter(tmp_path, capfd):
+    """MR scaled 0-1: the sliders take the image's own range, a level typed and confirmed
+    with Enter redraws the picture, a level past the range is clamped to it, and no error
+    toast or server traceback appears."""
+    from testkit import ellipsoid_volume, write_nifti
+
+    from apps.viewer import ModelHub, build_app
+
+    image, _ = ellipsoid_volume(SHAPE, center=(20, 20, 6), radii=(10, 9, 4))
+    image = (image - image.min()) / (image.max() - image.min())
+    scan = write_nifti(tmp_path / "unit.nii.gz", image.astype(np.float32))
+    with (
+        serve(lambda: build_app(hub=ModelHub(device="cpu")), temp_dir=tmp_path / "g") as url,
+        sync_api.sync_playwright() as pw,
+    ):
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1600, "height": 1200})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.locator("#open-image input[type=file]").set_input_files(str(scan))
+        page.get_by_text("opened unit").wait_for()
+        wait_for_picture(page, "#plane-axial")
+        width_range = page.locator("#width input[type=range]")
+        assert float(width_range.get_attribute("max")) <= 2.5  # the image's range, not HU
+        assert float(width_range.get_attribute("min")) < 0.01
+        before = page.locator("#plane-axial img").screenshot()
+        level = page.locator("#level input[type=number]")
+        level.fill("0.9")
+        level.press("Enter")
+        page.locator("#info").get_by_text("/0.9 ·").first.wait_for()
+        wait_for_picture(page, "#plane-axial")
+        page.wait_for_timeout(500)
+        after = page.locator("#plane-axial img").screenshot()
+        assert after != before
+        level.fill("5")  # outside the image's range: clamped to it, no validation error
+        level.press("Enter")
+        page.locator("#info").get_by_text("/1 ·").first.wait_for()
+        assert page.locator(".toast-body").count() == 0
+        assert "Error" not in page.locator("body").inner_text()
+        browser.close()
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err

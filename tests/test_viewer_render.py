@@ -306,3 +306,16 @@ def test_picture_file_is_the_rendered_picture(tmp_path):
     picture = render_plane(session, "sagittal")
     path = picture_file(session, "sagittal", picture, tmp_path)
     assert np.array_equal(np.asarray(Image.open(path)), picture)
+
+
+def test_window_limits_follow_the_image_range():
+    from apps.viewer.render import window_limits
+
+    mr = window_limits(0.0, 1.0, ct=False)
+    assert mr["level"] == {"minimum": 0.0, "maximum": 1.0, "step": 0.001}
+    assert mr["width"]["minimum"] == 0.001 and mr["width"]["maximum"] == 2.0
+    big = window_limits(0.0, 4095.0, ct=False)
+    assert big["width"]["step"] == 1.0 and big["level"]["maximum"] == 4095.0
+    ct = window_limits(-1000.0, 1500.0, ct=True)  # every HU preset fits
+    assert ct["level"]["minimum"] == -1024.0 and ct["level"]["maximum"] == 3071.0
+    assert ct["width"]["step"] == 1.0 and ct["width"]["maximum"] >= 4095.0

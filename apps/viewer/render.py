@@ -33,6 +33,21 @@ STATS_HEADERS = ["label", "name", "voxels", "volume (mL)", "mean", "SD", "at bor
 KEEP_PICTURES = 3  # files kept per plane and session (the browser may still be fetching one)
 
 
+def window_limits(lo: float, hi: float, ct: bool) -> dict[str, dict[str, float]]:
+    """Slider ranges for window level and width from the image's own range ``[lo, hi]``:
+    ``{"level": {minimum, maximum, step}, "width": {...}}``. The step is a round 1/1000 of the
+    range (1 HU on CT), the level spans the range, the width up to twice it; CT ranges also
+    cover -1024..3071 HU so every preset fits."""
+    if ct:
+        lo, hi = min(lo, -1024.0), max(hi, 3071.0)
+    span = max(hi - lo, 1e-6)
+    step = 1.0 if ct else float(10 ** np.floor(np.log10(span / 1000)))
+    level = {"minimum": float(np.floor(lo / step) * step),
+             "maximum": float(np.ceil(hi / step) * step), "step": step}  # fmt: skip
+    width = {"minimum": step, "maximum": float(np.ceil(2 * span / step) * step), "step": step}
+    return {"level": level, "width": width}
+
+
 def render_plane(session: Session, axis: str, image=None) -> np.ndarray:
     """``(h, w, 3)`` uint8 picture of ``axis`` at the crosshair, with overlay and marks.
 
@@ -145,7 +160,7 @@ def info_text(session: Session) -> str:
     return (
         f"**voxel** ({', '.join(str(int(v)) for v in ijk)}) · "
         f"**RAS** ({', '.join(f'{v:.1f}' for v in xyz)}) mm · **value** {value:.4g} · "
-        f"**label** {label} ({html.escape(name)}) · **W/L** {width:.0f}/{level:.0f} · "
+        f"**label** {label} ({html.escape(name)}) · **W/L** {width:.4g}/{level:.4g} · "
         f"{'x'.join(map(str, session.image.spatial_shape))} voxels of {spacing} mm, "
         f"{''.join(session.image.axcodes)}"
     )

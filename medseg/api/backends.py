@@ -38,9 +38,11 @@ class PromptedBackend:
         precision: str,
         trusted: bool,
         cache_slices: int = 256,
+        runtime: str = "auto",
     ) -> None:
         self.name, self.checkpoint = model, checkpoint
         self.device, self.precision, self.trusted = device, precision, trusted
+        self.runtime = runtime
         self.cache_slices = cache_slices
         self.predictor: Any = None
 
@@ -72,8 +74,9 @@ class PromptedBackend:
 
         net = load_litemedsam(self.checkpoint, device=device)
         self.predictor = LiteMedSAMPredictor(
-            net, device=device, precision=self.precision, cache_slices=self.cache_slices
-        )
+            net, device=device, precision=self.precision, cache_slices=self.cache_slices,
+            runtime=self.runtime,
+        )  # fmt: skip
 
     def fork(self, cache_slices: int | None = None) -> PromptedBackend:
         """A backend sharing the loaded weights, with its own slices and embedding cache
@@ -82,7 +85,7 @@ class PromptedBackend:
         cache = self.cache_slices if cache_slices is None else int(cache_slices)
         twin = PromptedBackend(
             self.name, self.checkpoint, device=self.device, precision=self.precision,
-            trusted=self.trusted, cache_slices=cache,
+            trusted=self.trusted, cache_slices=cache, runtime=self.runtime,
         )  # fmt: skip
         fork = getattr(self.predictor, "fork", None)
         if fork is None:

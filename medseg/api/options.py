@@ -14,6 +14,7 @@ from medseg.errors import InputError
 
 __all__ = [
     "MAX_LABEL",
+    "RUNTIMES",
     "check_label",
     "check_overlap",
     "check_positive",
@@ -25,6 +26,9 @@ __all__ = [
 
 #: the largest label value an output label map holds (uint16)
 MAX_LABEL = 65535
+#: where LiteMedSAM's encoder runs (mirrors ``medseg.inference.runtimes.RUNTIMES``, which loads
+#: torch)
+RUNTIMES = ("auto", "torch", "openvino")
 
 
 def check_label(label: int) -> int:

@@ -27,6 +27,7 @@ from medseg.io.volume import Volume
 from . import options as opt
 from .backends import AutomaticBackend, PromptedBackend, SupportBackend
 from .exports import check_sources
+from .options import RUNTIMES
 from .outputs import plan_outputs
 from .planning import objects_of, plan_objects
 from .prompts import Box, Object, Point
@@ -51,6 +52,9 @@ class Segmenter:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (LiteMedSAM's encoder; automatic mode:
             bf16 autocast on CUDA, fp32 on CPU unless asked).
+        runtime: where LiteMedSAM's encoder runs: ``"auto"`` (OpenVINO on CPU when installed),
+            ``"torch"`` (eager, the reference) or ``"openvino"``
+            (:mod:`medseg.inference.runtimes`).
         trust_checkpoint: allow ``medseg fit`` checkpoints holding arbitrary pickled objects
             (trusted sources only).
         overlap, tta, largest_component, batch_size, roi: automatic mode (sliding-window
@@ -69,6 +73,7 @@ class Segmenter:
         model: str = "litemedsam",
         device: str = "auto",
         precision: str = "auto",
+        runtime: str = "auto",
         trust_checkpoint: bool = False,
         overlap: float | None = None,
         tta: bool = False,
@@ -83,6 +88,10 @@ class Segmenter:
     ) -> None:
         if model not in MODELS:
             raise InputError("bad_argument", f"--model must be one of {MODELS}, got {model!r}")
+        if runtime not in RUNTIMES:
+            raise InputError(
+                "bad_argument", f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}"
+            )
         self.model, self.checkpoint, self.progress = model, checkpoint, progress
         given = {"overlap": overlap, "tta": tta, "largest_component": largest_component,
                  "batch_size": batch_size, "roi": roi}  # fmt: skip
@@ -99,8 +108,9 @@ class Segmenter:
             self.kind = "support"
             return
         self._prompted = PromptedBackend(
-            model, checkpoint, device=device, precision=precision, trusted=trusted
-        )
+            model, checkpoint, device=device, precision=precision, trusted=trusted,
+            runtime=runtime,
+        )  # fmt: skip
         self._automatic = AutomaticBackend(
             checkpoint, trusted=trusted, device=device, precision=precision,
             overlap=0.5 if overlap is None else opt.check_overlap(overlap),

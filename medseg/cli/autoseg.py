@@ -68,6 +68,7 @@ def segmenter_options(args: argparse.Namespace) -> dict:
         "model": getattr(args, "model", "litemedsam"),
         "device": args.device,
         "precision": args.precision,
+        "runtime": args.runtime,
         "trust_checkpoint": args.trust_checkpoint,
         "overlap": args.overlap,
         "tta": args.tta,

@@ -35,6 +35,8 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"))
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--runtime", default="auto", choices=("auto", "torch", "openvino"),
+                   help="LiteMedSAM encoder runtime (auto: OpenVINO on CPU)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
         "--quick",
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"MNI152 T1 template: {image_path}")
         print(f"prompt: {args.axis} slice {key}, box {box} (display pixels), window 40/80")
-    segmenter = Segmenter(device=args.device, precision=args.precision)
+    segmenter = Segmenter(device=args.device, precision=args.precision, runtime=args.runtime)
     with SliceProgress(args.quiet) as progress:
         result = segmenter.segment(
             image_path,

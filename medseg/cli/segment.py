@@ -120,6 +120,13 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         help="auto: LiteMedSAM encoder in bf16 where the hardware is fast at it; automatic mode "
         "bf16 on CUDA, fp32 on CPU (exact labels; --precision bf16 is faster on bf16-capable CPUs)",
     )
+    g.add_argument(
+        "--runtime",
+        choices=("auto", "torch", "openvino"),
+        default="auto",
+        help="where LiteMedSAM's encoder runs: auto (OpenVINO on CPU when installed, else "
+        "torch), torch (eager, the reference) or openvino",
+    )
 
 
 def add_input_arguments(p: argparse.ArgumentParser) -> None:

@@ -35,6 +35,8 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--max-file-size", default="1gb", help="upload limit (default 1gb)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--runtime", default="auto", choices=("auto", "torch", "openvino"),
+                   help="LiteMedSAM encoder runtime (auto: OpenVINO on CPU)")  # fmt: skip
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is faster on a busy host)")  # fmt: skip
     p.add_argument("--max-sessions", type=int, default=32,
@@ -76,6 +78,7 @@ def _serve(args: argparse.Namespace, auth: tuple[str, str] | None, temp) -> int:
         args.checkpoint,
         device=args.device,
         precision=args.precision,
+        runtime=args.runtime,
         threads=args.threads,
         trusted=args.trust_checkpoint,
     )

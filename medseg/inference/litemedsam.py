@@ -120,6 +120,8 @@ class LiteMedSAMPredictor:
             look-ahead would encode slices past the point where the mask vanishes.
         cache_slices: embeddings kept (least recently used dropped first); each is 4 MB in fp32
             and 2 MB in bf16.
+        runtime: where the encoder runs: ``"auto"``, ``"torch"`` (eager, the reference) or
+            ``"openvino"`` (:mod:`medseg.inference.runtimes`); ``self.runtime`` says which ran.
 
     Each slice is encoded once per :meth:`set_stack` (while cached); prompting it again only
     reruns the decoder. With bf16 the encoder is a BatchNorm-folded bf16 copy made here
@@ -134,7 +136,10 @@ class LiteMedSAMPredictor:
         precision: str = "auto",
         batch_size: int | None = None,
         cache_slices: int = 256,
+        runtime: str = "auto",
     ) -> None:
+        from .runtimes import encoder_runtime, resolve_runtime
+
         if net.training:
             raise ValueError("net is in training mode: call .eval() after loading the weights")
         self.device = resolve_device(device)
@@ -146,11 +151,17 @@ class LiteMedSAMPredictor:
         self.net = net.to(self.device)
         self.batch_size = batch_size
         self.cache_slices = cache_slices
-        if self.precision == "bf16":
-            self.encoder: nn.Module = net.inference_encoder(torch.bfloat16)
+        self.runtime = resolve_runtime(runtime, self.device, self.precision)
+        compiled = encoder_runtime(net, self.runtime, self.precision, asked=runtime)
+        self._channels_last = compiled is None and self.precision == "bf16"
+        if compiled is not None:
+            self.encoder: nn.Module | Callable[[Tensor], Tensor] = compiled
+            self._input_dtype = torch.float32
+        elif self.precision == "bf16":
+            self.runtime, self.encoder = "torch", net.inference_encoder(torch.bfloat16)
             self._input_dtype = torch.bfloat16
         else:
-            self.encoder = net.image_encoder
+            self.runtime, self.encoder = "torch", net.image_encoder
             self._input_dtype = torch.float32
         self._stack: np.ndarray | None = None
         self._cache: OrderedDict[int, Tensor] = OrderedDict()
@@ -319,7 +330,7 @@ class LiteMedSAMPredictor:
             nxt += step
         images = torch.cat([preprocess_slice(self.stack[i])[0] for i in batch])
         images = images.to(self.device, self._input_dtype)
-        if self.precision == "bf16":
+        if self._channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             embeddings = self.encoder(images)

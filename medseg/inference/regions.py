@@ -186,7 +186,9 @@ class SamGridPartitioner:
             from .litemedsam import LiteMedSAMPredictor
 
             net = load_litemedsam(device=self.device) if self._net is None else self._net
-            self._predictor = LiteMedSAMPredictor(net, device=self.device, precision="fp32")
+            self._predictor = LiteMedSAMPredictor(
+                net, device=self.device, precision="fp32", runtime="torch"
+            )
         return self._predictor
 
 
