@@ -87,7 +87,7 @@ class FixedSegmenter:
         prompted = self.segmenter.fork().prompt_volume(
             Volume(np.ascontiguousarray(array), self.affine), axis="axial", window=(40, 400)
         )
-        ref = prompted.view.stack(Volume(self.reference, self.affine)) > 0
+        ref = prompted.view.stack(self.reference) > 0
         slices = np.flatnonzero(ref.reshape(len(ref), -1).any(1))[:: self.every]
         prompts = []
         for k in slices:

@@ -212,7 +212,7 @@ class SelfSR:
         cand = torch.stack([torch.randint(0, n, (4096,), generator=gen)
                             for n in (t, a - size + 1, b - size + 1)], 1)  # fmt: skip
         means = torch.stack([slices[k, i : i + size, j : j + size].mean() for k, i, j in cand])
-        keep = cand[means > torch.quantile(means, 0.1)]
+        keep = cand[means >= torch.quantile(means, 0.1)]  # a flat image keeps all
         opt = torch.optim.Adam(net.parameters(), lr=2e-3)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.steps)
         net.train()
