@@ -174,10 +174,10 @@ def main(args: list[str] | None = None) -> None:
     )
 
 
-def _auto_runtime(precision: str) -> str:
+def _auto_runtime(precision: str) -> str:  # noqa: ARG001 (auto is torch for every precision)
     from medseg.inference.runtimes import resolve_runtime
 
-    return resolve_runtime("auto", torch.device("cpu"), precision)
+    return resolve_runtime("auto", torch.device("cpu"))
 
 
 def _bf16_matmul_peak(n: int = 2048, repeats: int = 5) -> float:

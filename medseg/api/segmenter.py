@@ -52,9 +52,8 @@ class Segmenter:
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (LiteMedSAM's encoder; automatic mode:
             bf16 autocast on CUDA, fp32 on CPU unless asked).
-        runtime: where LiteMedSAM's encoder runs: ``"auto"`` (OpenVINO on CPU when installed),
-            ``"torch"`` (eager, the reference) or ``"openvino"``
-            (:mod:`medseg.inference.runtimes`).
+        runtime: where LiteMedSAM's encoder runs: ``"auto"`` (torch), ``"torch"`` (eager, the
+            reference) or ``"openvino"`` (CPU; :mod:`medseg.inference.runtimes`).
         trust_checkpoint: allow ``medseg fit`` checkpoints holding arbitrary pickled objects
             (trusted sources only).
         overlap, tta, largest_component, batch_size, roi: automatic mode (sliding-window

@@ -36,7 +36,7 @@ def add_parser(sub, parents) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--runtime", default="auto", choices=("auto", "torch", "openvino"),
-                   help="LiteMedSAM encoder runtime (auto: OpenVINO on CPU)")  # fmt: skip
+                   help="LiteMedSAM encoder runtime (auto = torch)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument(
         "--quick",

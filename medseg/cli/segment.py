@@ -124,8 +124,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--runtime",
         choices=("auto", "torch", "openvino"),
         default="auto",
-        help="where LiteMedSAM's encoder runs: auto (OpenVINO on CPU when installed, else "
-        "torch), torch (eager, the reference) or openvino",
+        help="where LiteMedSAM's encoder runs: auto (= torch), torch (eager, the reference) or "
+        "openvino (CPU; fp32 1.9x faster than torch's fp32; see README)",
     )
 
 

@@ -151,7 +151,7 @@ class LiteMedSAMPredictor:
         self.net = net.to(self.device)
         self.batch_size = batch_size
         self.cache_slices = cache_slices
-        self.runtime = resolve_runtime(runtime, self.device, self.precision)
+        self.runtime = resolve_runtime(runtime, self.device)
         compiled = encoder_runtime(net, self.runtime, self.precision, asked=runtime)
         self._channels_last = compiled is None and self.precision == "bf16"
         if compiled is not None:

@@ -12,13 +12,15 @@
   precision, the CPU's model name and flags and this machine's id, so a change of any of them
   rebuilds it and a folder copied from another machine is never used; OpenVINO's own compiled
   kernels are cached beside it. First run: a few seconds of conversion and compilation.
-- ``"auto"``: the measured best that keeps the masks: ``openvino`` for an fp32 encoder on the
-  CPU (CPUs without native bf16, or ``precision="fp32"``: 2.8x faster than torch's fp32 encoder,
-  embeddings equal to 4e-6), ``torch`` otherwise (on CPUs with AMX/AVX512-BF16 torch's bf16
-  encoder is the default: OpenVINO's bf16 was 1.26x faster per slice but its masks drifted to
-  Dice 0.969 against the fp32 reference over a 100-slice propagation, torch's bf16 0.998;
-  README "Benchmarks"). A runtime that refuses the graph falls back to ``torch`` with a warning
-  (``auto``) or fails with a ModelError naming ``--runtime torch``.
+- ``"auto"``: ``torch``. Measured (README "Benchmarks"): OpenVINO's fp32 encoder is 1.9x
+  faster than torch's fp32 one with the same masks, its bf16 encoder 1.22x faster per slice than
+  torch's bf16 but with masks that drift to Dice 0.969 against the fp32 reference over a
+  100-slice propagation (torch's bf16: 0.998). ``auto`` still stays on torch because a process
+  that has run an OpenVINO model and then forks (PyTorch ``DataLoader`` workers, for one) was
+  killed by a segmentation fault in our tests: ask for ``openvino`` by name (the CLI, a viewer
+  process or a script that does not fork afterwards) on CPUs without native bf16 or with
+  ``precision="fp32"``. A runtime that refuses the graph fails with a ModelError naming
+  ``--runtime torch``.
 
 Every runtime maps ``(N, 3, 256, 256)`` float32 images (LiteMedSAM's preprocessed input) to
 ``(N, 256, 64, 64)`` float32 embeddings; the mask decoder stays in torch fp32.
@@ -44,17 +46,15 @@ RUNTIMES = ("auto", "torch", "openvino")
 Encoder = Callable[[Tensor], Tensor]
 
 
-def resolve_runtime(runtime: str, device: torch.device, precision: str = "fp32") -> str:
-    """``"auto"`` -> ``"openvino"`` for an fp32 encoder on the CPU when it is installed, else
-    ``"torch"`` (module docstring); a named runtime passes through (``openvino`` on CUDA is
-    refused: it runs on the CPU)."""
+def resolve_runtime(runtime: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"torch"`` (module docstring: OpenVINO is opt-in); a named runtime passes
+    through (``openvino`` on CUDA is refused: it runs on the CPU)."""
     if runtime not in RUNTIMES:
         raise ModelError(
             "bad_runtime", f"--runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}"
         )
     if runtime == "auto":
-        fp32_cpu = device.type == "cpu" and precision == "fp32"
-        return "openvino" if fp32_cpu and _has_openvino() else "torch"
+        return "torch"
     if runtime == "openvino" and device.type != "cpu":
         raise ModelError("bad_runtime", "--runtime openvino runs on the CPU: use --device cpu")
     if runtime == "openvino" and not _has_openvino():
@@ -68,8 +68,8 @@ def resolve_runtime(runtime: str, device: torch.device, precision: str = "fp32")
 def encoder_runtime(net: nn.Module, runtime: str, precision: str, *, asked: str) -> Encoder | None:
     """The OpenVINO encoder for ``net`` (a LiteMedSAM), or None for the torch path.
 
-    ``asked`` is what the user gave (``"auto"`` falls back to torch with a warning when
-    OpenVINO refuses the graph; a named ``openvino`` fails with a ModelError)."""
+    ``asked`` is what the user gave (a named ``openvino`` that OpenVINO refuses fails with a
+    ModelError; anything else falls back to torch with a warning)."""
     if runtime != "openvino":
         return None
     try:
