@@ -152,7 +152,7 @@ class LiteMedSAMPredictor:
         self.batch_size = batch_size
         self.cache_slices = cache_slices
         self.runtime = resolve_runtime(runtime, self.device)
-        compiled = encoder_runtime(net, self.runtime, self.precision, asked=runtime)
+        compiled = encoder_runtime(net, self.runtime, self.precision)
         self._channels_last = compiled is None and self.precision == "bf16"
         if compiled is not None:
             self.encoder: nn.Module | Callable[[Tensor], Tensor] = compiled

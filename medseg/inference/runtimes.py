@@ -65,24 +65,19 @@ def resolve_runtime(runtime: str, device: torch.device) -> str:
     return runtime
 
 
-def encoder_runtime(net: nn.Module, runtime: str, precision: str, *, asked: str) -> Encoder | None:
-    """The OpenVINO encoder for ``net`` (a LiteMedSAM), or None for the torch path.
-
-    ``asked`` is what the user gave (a named ``openvino`` that OpenVINO refuses fails with a
-    ModelError; anything else falls back to torch with a warning)."""
+def encoder_runtime(net: nn.Module, runtime: str, precision: str) -> Encoder | None:
+    """The OpenVINO encoder for ``net`` (a LiteMedSAM) when ``runtime`` is ``"openvino"``, else
+    None (the torch path); a converter or compiler refusal is a ModelError naming the fix."""
     if runtime != "openvino":
         return None
     try:
         return OpenVinoEncoder(net, precision)
     except Exception as err:  # a converter or compiler refusal, whatever its type
-        if asked == "openvino":
-            raise ModelError(
-                "runtime_failed",
-                f"OpenVINO could not compile the encoder ({type(err).__name__}: {err}); "
-                "use --runtime torch",
-            ) from err
-        warnings.warn(f"OpenVINO failed ({err}); using the torch encoder", stacklevel=2)
-        return None
+        raise ModelError(
+            "runtime_failed",
+            f"OpenVINO could not compile the encoder ({type(err).__name__}: {err}); "
+            "use --runtime torch",
+        ) from err
 
 
 class OpenVinoEncoder:
