@@ -116,8 +116,7 @@ def main(args: list[str] | None = None) -> None:
     if opts.runtimes:  # every precision under every runtime; "auto" marks the default choice
         for precision in ("bf16", "fp32"):
             for runtime in ("torch", "openvino"):
-                picked = _auto_runtime(precision)
-                mark = " (auto)" if picked == runtime else ""
+                mark = " (auto)" if _auto_runtime() == runtime else ""
                 name = f"ours, {precision}, {runtime}{mark}"
                 if (precision, runtime) != (auto.precision, "torch"):
                     variants[name] = _ours(net, task, precision, None, runtime)
@@ -174,7 +173,7 @@ def main(args: list[str] | None = None) -> None:
     )
 
 
-def _auto_runtime(precision: str) -> str:  # noqa: ARG001 (auto is torch for every precision)
+def _auto_runtime() -> str:
     from medseg.inference.runtimes import resolve_runtime
 
     return resolve_runtime("auto", torch.device("cpu"))

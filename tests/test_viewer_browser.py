@@ -72,6 +72,17 @@ def press_until(page, slider, key: str, text: str, tries: int = 3) -> None:
     page.get_by_text(text).wait_for()
 
 
+def open_page(pw, url: str):
+    """Headless Chromium at 1600x1200 on ``url``: ``(browser, page)``."""
+    browser = pw.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
+    )
+    page = browser.new_page(viewport={"width": 1600, "height": 1200})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    return browser, page
+
+
 def click_picture(page, selector: str, x: float, y: float) -> None:
     """Click picture pixel ``(x, y)`` of the ``<img>`` in ``selector`` (as Gradio maps it back:
     the picture is scaled down to fit, never up, and centred)."""
@@ -95,12 +106,7 @@ def test_open_scroll_preset_box_mask_export(tmp_path, artifacts):
         serve(lambda: build_app(hub=ModelHub(device="cpu")), temp_dir=tmp_path / "g") as url,
         sync_api.sync_playwright() as pw,
     ):
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(url)
+        browser, page = open_page(pw, url)
         page.get_by_text("not a medical device").first.wait_for()
 
         # open a volume
@@ -184,12 +190,7 @@ def test_window_on_an_image_scaled_0_to_1_takes_a_typed_level_on_enter(tmp_path,
         serve(lambda: build_app(hub=ModelHub(device="cpu")), temp_dir=tmp_path / "g") as url,
         sync_api.sync_playwright() as pw,
     ):
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"]
-        )
-        page = browser.new_page(viewport={"width": 1600, "height": 1200})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(url)
+        browser, page = open_page(pw, url)
         page.locator("#open-image input[type=file]").set_input_files(str(scan))
         page.get_by_text("opened unit").wait_for()
         wait_for_picture(page, "#plane-axial")
